@@ -1,0 +1,322 @@
+//! The event store: appends events to PostgreSQL with optimistic concurrency,
+//! batching concurrent appends into group commits, and reads them back in
+//! position order.
+//!
+//! Every append goes through `jeanus_append` (schema/migrations), one
+//! statement that locks the log head, checks expected versions and event
+//! ids, and writes every accepted event with a single multi-row insert. The
+//! head lock makes positions dense and visible in order (see ARCHITECTURE.md,
+//! "Positions"). Because all appends serialise on that lock anyway, each
+//! process funnels its appends through one writer task that sends whatever
+//! has queued up as one batch: one round trip and one commit (one WAL flush)
+//! for many appends, instead of one each.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::envelope::{NewEvent, RecordedEvent};
+
+/// The channel on which `jeanus_append` notifies, at commit, the new head position.
+pub const NOTIFY_CHANNEL: &str = "jeanus_events";
+
+/// Most appends one batch carries; more wait for the next commit.
+const MAX_BATCH_APPENDS: usize = 512;
+/// Most events one batch carries (an append is never split).
+const MAX_BATCH_EVENTS: usize = 4096;
+/// Appends queued in the channel before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 8192;
+
+/// The stream (aggregate) an append goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StreamRef {
+    pub tenant_id: Uuid,
+    pub stream_type: &'static str,
+    pub stream_id: Uuid,
+}
+
+/// The version the caller believes the stream is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be at exactly this version (number of events in it).
+    Exact(i64),
+}
+
+impl ExpectedVersion {
+    fn as_option(self) -> Option<i64> {
+        match self {
+            Self::Any => None,
+            Self::NoStream => Some(0),
+            Self::Exact(v) => Some(v),
+        }
+    }
+}
+
+/// A successful append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's version after the append.
+    pub version: i64,
+    /// The global positions written; `None` for a duplicate or an empty append.
+    pub positions: Option<RangeInclusive<i64>>,
+    /// Every event id was already stored: nothing was written.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("stream {stream_id} is at version {actual}, not the expected {expected:?}")]
+    Conflict {
+        stream_id: Uuid,
+        expected: ExpectedVersion,
+        actual: i64,
+    },
+    #[error("the event store could not append")]
+    Database(#[source] Arc<sqlx::Error>),
+    #[error("the event store's writer has stopped")]
+    WriterStopped,
+}
+
+impl From<sqlx::Error> for AppendError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(Arc::new(e))
+    }
+}
+
+/// One append, as `jeanus_append` reads it.
+#[derive(Debug, Serialize)]
+struct AppendRequest {
+    #[serde(flatten)]
+    stream: StreamRef,
+    expected: Option<i64>,
+    events: Vec<NewEvent>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AppendRow {
+    idx: i32,
+    outcome: String,
+    version: i64,
+    first_position: Option<i64>,
+    last_position: Option<i64>,
+}
+
+struct Pending {
+    request: AppendRequest,
+    expected: ExpectedVersion,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+/// A handle to this process's appender. Cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl EventStore {
+    /// Start the writer task on the current tokio runtime. It stops once every
+    /// handle is dropped and the queue is drained.
+    pub fn spawn(pool: PgPool) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_writer(pool, rx));
+        Self { queue }
+    }
+
+    /// Append `events` to `stream` if it is at `expected`, atomically: either
+    /// every event is written, in order, or none is. Appending events whose
+    /// ids are all stored already is a no-op that succeeds (`duplicate`).
+    pub async fn append(
+        &self,
+        stream: StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            request: AppendRequest {
+                stream,
+                expected: expected.as_option(),
+                events,
+            },
+            expected,
+            reply,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| AppendError::WriterStopped)?;
+        answer.await.map_err(|_| AppendError::WriterStopped)?
+    }
+}
+
+/// Append within the caller's own transaction (bypassing the group commit):
+/// for writes that must commit together with other rows. The log head stays
+/// locked until that transaction ends, so keep it short.
+pub async fn append_in<'e>(
+    executor: impl PgExecutor<'e>,
+    stream: StreamRef,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<Appended, AppendError> {
+    let request = AppendRequest {
+        stream,
+        expected: expected.as_option(),
+        events,
+    };
+    let rows = execute(executor, std::slice::from_ref(&request)).await?;
+    match rows.into_iter().next() {
+        Some(row) => outcome(&request, expected, row),
+        None => Err(AppendError::Database(Arc::new(sqlx::Error::RowNotFound))),
+    }
+}
+
+async fn execute<'e, T: Serialize + Sync>(
+    executor: impl PgExecutor<'e>,
+    batch: &[T],
+) -> Result<Vec<AppendRow>, sqlx::Error> {
+    sqlx::query_as::<_, AppendRow>(
+        "select idx, outcome, version, first_position, last_position from jeanus_append($1)",
+    )
+    .bind(sqlx::types::Json(batch))
+    .fetch_all(executor)
+    .await
+}
+
+fn outcome(
+    request: &AppendRequest,
+    expected: ExpectedVersion,
+    row: AppendRow,
+) -> Result<Appended, AppendError> {
+    match row.outcome.as_str() {
+        "appended" => Ok(Appended {
+            version: row.version,
+            positions: row
+                .first_position
+                .zip(row.last_position)
+                .map(|(a, b)| a..=b),
+            duplicate: false,
+        }),
+        "duplicate" => Ok(Appended {
+            version: row.version,
+            positions: None,
+            duplicate: true,
+        }),
+        _ => Err(AppendError::Conflict {
+            stream_id: request.stream.stream_id,
+            expected,
+            actual: row.version,
+        }),
+    }
+}
+
+async fn run_writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut events = first.request.events.len();
+        batch.push(first);
+        while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS {
+            match rx.try_recv() {
+                Ok(next) => {
+                    events += next.request.events.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&pool, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Commit one batch and answer each caller. If the batch as a whole fails
+/// for a reason other than the connection (one bad append, say), retry each
+/// append alone so that one caller's failure is not everyone's.
+async fn commit_batch(pool: &PgPool, batch: Vec<Pending>) {
+    let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
+    let result = execute(pool, &requests).await;
+
+    match result {
+        Ok(rows) if rows.len() == batch.len() => {
+            let mut rows = rows;
+            rows.sort_by_key(|r| r.idx);
+            for (pending, row) in batch.into_iter().zip(rows) {
+                let answer = outcome(&pending.request, pending.expected, row);
+                let _ = pending.reply.send(answer);
+            }
+        }
+        Ok(rows) => {
+            let e = sqlx::Error::Protocol(format!(
+                "jeanus_append answered {} rows for {} appends",
+                rows.len(),
+                batch.len()
+            ));
+            fail_all(batch, e);
+        }
+        Err(e) if batch.len() > 1 && !is_connection_error(&e) => {
+            tracing::warn!(error = %e, appends = batch.len(), "batched append failed; retrying each append alone");
+            for pending in batch {
+                let answer = append_in(
+                    pool,
+                    pending.request.stream,
+                    pending.expected,
+                    pending.request.events,
+                )
+                .await;
+                let _ = pending.reply.send(answer);
+            }
+        }
+        Err(e) => fail_all(batch, e),
+    }
+}
+
+fn fail_all(batch: Vec<Pending>, e: sqlx::Error) {
+    let e = Arc::new(e);
+    for pending in batch {
+        let _ = pending.reply.send(Err(AppendError::Database(e.clone())));
+    }
+}
+
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+    )
+}
+
+/// Events after `after`, in position order, at most `limit`.
+pub async fn read_after<'e>(
+    executor: impl PgExecutor<'e>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedEvent>(
+        "select position, id, tenant_id, stream_type, stream_id, stream_version, event_type,
+                schema_version, occurred_at, metadata, data
+           from events
+          where position > $1
+          order by position
+          limit $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// The position of the last committed event (0 when the log is empty).
+pub async fn head<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select position from event_log_head where singleton")
+        .fetch_one(executor)
+        .await
+}
