@@ -7,18 +7,17 @@
 //! ids, and writes every accepted event with a single multi-row insert. The
 //! head lock makes positions dense and visible in order (see ARCHITECTURE.md,
 //! "Positions"). Because all appends serialise on that lock anyway, each
-//! process funnels its appends through one writer task that sends whatever
-//! has queued up as one batch: one round trip and one commit (one WAL flush)
-//! for many appends, instead of one each.
+//! process funnels its appends through one [`Batcher`]: one round trip and
+//! one commit (one WAL flush) for many appends, instead of one each.
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::batch::Batcher;
 use crate::envelope::{NewEvent, RecordedEvent};
 
 /// The channel on which `jeanus_append` notifies, at commit, the new head position.
@@ -28,8 +27,6 @@ pub const NOTIFY_CHANNEL: &str = "jeanus_events";
 const MAX_BATCH_APPENDS: usize = 512;
 /// Most events one batch carries (an append is never split).
 const MAX_BATCH_EVENTS: usize = 4096;
-/// Appends queued in the channel before callers wait to enqueue.
-const QUEUE_DEPTH: usize = 8192;
 
 /// The stream (aggregate) an append goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,22 +109,25 @@ struct AppendRow {
 struct Pending {
     request: AppendRequest,
     expected: ExpectedVersion,
-    reply: oneshot::Sender<Result<Appended, AppendError>>,
 }
 
 /// A handle to this process's appender. Cheap to clone.
 #[derive(Clone)]
 pub struct EventStore {
-    queue: mpsc::Sender<Pending>,
+    writer: Batcher<Pending, Result<Appended, AppendError>>,
 }
 
 impl EventStore {
     /// Start the writer task on the current tokio runtime. It stops once every
     /// handle is dropped and the queue is drained.
     pub fn spawn(pool: PgPool) -> Self {
-        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(pool, rx));
-        Self { queue }
+        let writer = Batcher::spawn(
+            MAX_BATCH_APPENDS,
+            MAX_BATCH_EVENTS,
+            |p: &Pending| p.request.events.len(),
+            move |batch| commit_batch(pool.clone(), batch),
+        );
+        Self { writer }
     }
 
     /// Append `events` to `stream` if it is at `expected`, atomically: either
@@ -139,7 +139,6 @@ impl EventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, AppendError> {
-        let (reply, answer) = oneshot::channel();
         let pending = Pending {
             request: AppendRequest {
                 stream,
@@ -147,13 +146,11 @@ impl EventStore {
                 events,
             },
             expected,
-            reply,
         };
-        self.queue
-            .send(pending)
+        self.writer
+            .submit(pending)
             .await
-            .map_err(|_| AppendError::WriterStopped)?;
-        answer.await.map_err(|_| AppendError::WriterStopped)?
+            .map_err(|_| AppendError::WriterStopped)?
     }
 }
 
@@ -217,69 +214,47 @@ fn outcome(
     }
 }
 
-async fn run_writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch: Vec<Pending> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut events = first.request.events.len();
-        batch.push(first);
-        while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS {
-            match rx.try_recv() {
-                Ok(next) => {
-                    events += next.request.events.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        commit_batch(&pool, std::mem::take(&mut batch)).await;
-    }
-}
-
 /// Commit one batch and answer each caller. If the batch as a whole fails
 /// for a reason other than the connection (one bad append, say), retry each
 /// append alone so that one caller's failure is not everyone's.
-async fn commit_batch(pool: &PgPool, batch: Vec<Pending>) {
+async fn commit_batch(pool: PgPool, batch: Vec<Pending>) -> Vec<Result<Appended, AppendError>> {
     let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
-    let result = execute(pool, &requests).await;
-
-    match result {
-        Ok(rows) if rows.len() == batch.len() => {
-            let mut rows = rows;
+    match execute(&pool, &requests).await {
+        Ok(mut rows) if rows.len() == batch.len() => {
             rows.sort_by_key(|r| r.idx);
-            for (pending, row) in batch.into_iter().zip(rows) {
-                let answer = outcome(&pending.request, pending.expected, row);
-                let _ = pending.reply.send(answer);
-            }
+            batch
+                .iter()
+                .zip(rows)
+                .map(|(p, row)| outcome(&p.request, p.expected, row))
+                .collect()
         }
         Ok(rows) => {
-            let e = sqlx::Error::Protocol(format!(
+            let e = Arc::new(sqlx::Error::Protocol(format!(
                 "jeanus_append answered {} rows for {} appends",
                 rows.len(),
                 batch.len()
-            ));
-            fail_all(batch, e);
+            )));
+            batch
+                .iter()
+                .map(|_| Err(AppendError::Database(e.clone())))
+                .collect()
         }
         Err(e) if batch.len() > 1 && !is_connection_error(&e) => {
             tracing::warn!(error = %e, appends = batch.len(), "batched append failed; retrying each append alone");
-            for pending in batch {
-                let answer = append_in(
-                    pool,
-                    pending.request.stream,
-                    pending.expected,
-                    pending.request.events,
-                )
-                .await;
-                let _ = pending.reply.send(answer);
+            let mut answers = Vec::with_capacity(batch.len());
+            for p in batch {
+                let answer = append_in(&pool, p.request.stream, p.expected, p.request.events).await;
+                answers.push(answer);
             }
+            answers
         }
-        Err(e) => fail_all(batch, e),
-    }
-}
-
-fn fail_all(batch: Vec<Pending>, e: sqlx::Error) {
-    let e = Arc::new(e);
-    for pending in batch {
-        let _ = pending.reply.send(Err(AppendError::Database(e.clone())));
+        Err(e) => {
+            let e = Arc::new(e);
+            batch
+                .iter()
+                .map(|_| Err(AppendError::Database(e.clone())))
+                .collect()
+        }
     }
 }
 
