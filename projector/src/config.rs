@@ -1,0 +1,123 @@
+//! The projector's configuration: command-line flags with environment
+//! fallbacks, validated at start-up.
+
+use clap::Parser;
+use schema::nats::{InvalidPrefix, Names};
+
+/// Every variable the projector reads; `value_name` is the variable's name so
+/// that clap's errors name what an operator actually sets.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "jeanus-projector",
+    version,
+    about = "Builds the Jeanus read models from the event stream"
+)]
+pub struct Config {
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/jeanus.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// NATS server URL (with JetStream enabled).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        value_name = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    pub nats_url: String,
+
+    /// Prefix of every NATS subject and stream ([a-z0-9_-]+; empty means
+    /// the default).
+    #[arg(
+        long = "nats-prefix",
+        env = "JEANUS_NATS_PREFIX",
+        value_name = "JEANUS_NATS_PREFIX",
+        default_value = Names::DEFAULT_PREFIX,
+        value_parser = parse_prefix
+    )]
+    pub nats_prefix: Names,
+}
+
+impl Config {
+    /// From the environment alone (no command line), with the error as one
+    /// line naming the variable.
+    pub fn from_env() -> Result<Self, String> {
+        Self::try_parse_from(["jeanus-projector"]).map_err(|e| one_line(&e))
+    }
+
+    pub fn for_test(
+        database_url: impl Into<String>,
+        nats_url: impl Into<String>,
+        prefix: &str,
+    ) -> Result<Self, InvalidPrefix> {
+        Ok(Self {
+            database_url: database_url.into(),
+            nats_url: nats_url.into(),
+            nats_prefix: Names::new(prefix)?,
+        })
+    }
+}
+
+fn parse_prefix(value: &str) -> Result<Names, String> {
+    let value = if value.is_empty() {
+        Names::DEFAULT_PREFIX
+    } else {
+        value
+    };
+    Names::new(value).map_err(|_| "use 1 to 64 of a-z, 0-9, _ and -".to_owned())
+}
+
+/// Reduces a clap error to one line for `error: …` on stderr, naming the
+/// variable.
+pub fn one_line(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+    if error.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(args)) = error.get(ContextKind::InvalidArg) {
+            let names: Vec<&str> = args.iter().map(|a| variable_of(a)).collect();
+            return format!("{} is not set", names.join(", "));
+        }
+    }
+    let rendered = error.to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
+/// `--database-url <DATABASE_URL>` → `DATABASE_URL`.
+fn variable_of(arg: &str) -> &str {
+    arg.split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map_or(arg, |(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_prefix_names_the_variable() {
+        let e = Config::try_parse_from([
+            "jeanus-projector",
+            "--database-url=postgres://h/db",
+            "--nats-prefix=a.b",
+        ])
+        .expect_err("refused");
+        let line = one_line(&e);
+        assert!(line.contains("JEANUS_NATS_PREFIX"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let c = Config::try_parse_from(["jeanus-projector", "--database-url=postgres://h/db"])
+            .expect("valid");
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.nats_prefix.prefix(), "jeanus");
+    }
+}
