@@ -22,6 +22,9 @@ use crate::envelope::{NewEvent, RecordedEvent};
 
 /// The channel on which `jeanus_append` notifies, at commit, the new head position.
 pub const NOTIFY_CHANNEL: &str = "jeanus_events";
+/// The channel on which the projector notifies, at each commit, the position
+/// its read models have reached (`select jeanus_projected_position()`).
+pub const PROJECTED_CHANNEL: &str = "jeanus_projected";
 
 /// Most appends one batch carries; more wait for the next commit.
 const MAX_BATCH_APPENDS: usize = 512;
