@@ -75,9 +75,15 @@ begin
         n := jsonb_array_length(a->'events');
         sid := (a->>'stream_id')::uuid;
 
-        select count(*) into stored
-          from events e
-         where e.id in (select (x->>'id')::uuid from jsonb_array_elements(a->'events') x);
+        -- One index probe per event id. Written as a join (`e.id in (select …)`),
+        -- the plan plpgsql caches while `events` is small hashes the ids and
+        -- scans the whole table, so each append costs O(size of the log) from
+        -- then on; the `limit 1` keeps the planner from flattening the lateral
+        -- lookup back into such a join.
+        select count(distinct hit.id) into stored
+          from jsonb_array_elements(a->'events') x
+         cross join lateral (select e.id from events e
+                              where e.id = (x.value->>'id')::uuid limit 1) hit;
 
         if versions ? sid::text then
             cur := (versions->>sid::text)::bigint;

@@ -332,3 +332,42 @@ async fn recorded_events_decode_to_their_payloads(pool: PgPool) {
 fn flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
 }
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn a_stream_reads_back_oldest_first_and_alone(pool: PgPool) {
+    let store = EventStore::spawn(pool.clone());
+    let a = tenant_stream(Uuid::now_v7());
+    let b = tenant_stream(Uuid::now_v7());
+    store
+        .append(a, ExpectedVersion::NoStream, vec![event("a1")])
+        .await
+        .expect("a1");
+    store
+        .append(b, ExpectedVersion::NoStream, vec![event("b1")])
+        .await
+        .expect("b1");
+    store
+        .append(a, ExpectedVersion::Exact(1), vec![event("a2"), event("a3")])
+        .await
+        .expect("a2, a3");
+
+    let read = store::read_stream(&pool, a.stream_id).await.expect("read");
+    let versions: Vec<i64> = read.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, [1, 2, 3]);
+    assert!(read.iter().all(|e| e.stream_id == a.stream_id));
+    assert!(store::read_stream(&pool, Uuid::now_v7())
+        .await
+        .expect("read")
+        .is_empty());
+
+    let both = store::read_streams(&pool, &[b.stream_id, a.stream_id])
+        .await
+        .expect("read both");
+    assert_eq!(both.len(), 4);
+    let of_a: Vec<i64> = both
+        .iter()
+        .filter(|e| e.stream_id == a.stream_id)
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(of_a, [1, 2, 3]);
+}
