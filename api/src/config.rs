@@ -4,10 +4,12 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::Parser;
 use ipnet::IpNet;
 use schema::nats::{InvalidPrefix, Names};
+use schema::sealing::SecretKey;
 
 /// Every variable the api reads. `value_name` is the variable's name so that
 /// clap's errors name the variable an operator actually sets.
@@ -81,6 +83,49 @@ pub struct Config {
         value_parser = parse_cidrs
     )]
     pub trusted_proxies: ::std::vec::Vec<IpNet>,
+
+    /// The rate limit's window in seconds (decimals allowed). Keys' limits
+    /// are per minute: change it only to test the limiter quickly.
+    #[arg(
+        long = "rate-limit-window",
+        env = "JEANUS_RATE_LIMIT_WINDOW",
+        value_name = "JEANUS_RATE_LIMIT_WINDOW",
+        default_value = "60",
+        hide = true,
+        value_parser = parse_window
+    )]
+    pub rate_limit_window: Duration,
+
+    /// Standard base64 of 32 random bytes: the key that seals webhook
+    /// signing secrets at rest (`schema::sealing`). The dispatcher must be
+    /// given the same key. Generate one with `openssl rand -base64 32`.
+    /// Required to serve (see [`Config::sealing_key`]); `migrate` and the
+    /// `admin` commands do without.
+    // Qualified (with an empty default) as `admin_token` is: empty is unset.
+    #[arg(
+        long = "secret-key",
+        env = schema::sealing::SECRET_KEY_VAR,
+        value_name = schema::sealing::SECRET_KEY_VAR,
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true,
+        value_parser = parse_secret_key
+    )]
+    pub secret_key: ::std::option::Option<SecretKey>,
+
+    /// Accept webhook URLs whose host resolves to a private, loopback,
+    /// link-local or otherwise non-global address. Off in production (it
+    /// would let a tenant probe our network); `scripts/dev` and the tests
+    /// turn it on to reach receivers on 127.0.0.1.
+    #[arg(
+        long = "webhook-allow-private",
+        env = "JEANUS_WEBHOOK_ALLOW_PRIVATE",
+        value_name = "JEANUS_WEBHOOK_ALLOW_PRIVATE",
+        default_value = "false",
+        action = clap::ArgAction::Set,
+        value_parser = parse_bool
+    )]
+    pub webhook_allow_private: bool,
 }
 
 impl Config {
@@ -91,7 +136,8 @@ impl Config {
     }
 
     /// A configuration for tests: listens on an ephemeral port, no operator
-    /// token, no trusted proxies.
+    /// token, no trusted proxies, a fresh random secret key (give the same
+    /// one to the dispatcher), and webhook receivers on loopback allowed.
     pub fn for_test(
         database_url: impl Into<String>,
         nats_url: impl Into<String>,
@@ -104,6 +150,20 @@ impl Config {
             admin_token: None,
             nats_prefix: Names::new(prefix)?,
             trusted_proxies: Vec::new(),
+            rate_limit_window: DEFAULT_RATE_LIMIT_WINDOW,
+            secret_key: Some(SecretKey::generate()),
+            webhook_allow_private: true,
+        })
+    }
+
+    /// The key that seals webhook secrets; serving without one fails at
+    /// start-up with this error, naming the variable.
+    pub fn sealing_key(&self) -> anyhow::Result<&SecretKey> {
+        self.secret_key.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is not set (standard base64 of 32 random bytes: `openssl rand -base64 32`)",
+                schema::sealing::SECRET_KEY_VAR
+            )
         })
     }
 }
@@ -152,6 +212,42 @@ fn parse_prefix(value: &str) -> Result<Names, String> {
     Names::new(value).map_err(|_| "use 1 to 64 of a-z, 0-9, _ and -".to_owned())
 }
 
+/// `JEANUS_SECRET_KEY`: clap's message names the variable; the reason is
+/// added. Empty is unset.
+fn parse_secret_key(value: &str) -> Result<Option<SecretKey>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    SecretKey::from_base64(value)
+        .map(Some)
+        .map_err(|e| format!("{e} (generate one with `openssl rand -base64 32`)"))
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`); empty is false.
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "false" | "0" | "no" | "off" => Ok(false),
+        "true" | "1" | "yes" | "on" => Ok(true),
+        _ => Err("use true or false".to_owned()),
+    }
+}
+
+/// The rate limit's window unless `JEANUS_RATE_LIMIT_WINDOW` says otherwise.
+pub const DEFAULT_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Seconds, `60` or `0.5`: from 10 ms to one day.
+fn parse_window(value: &str) -> Result<Duration, String> {
+    const HINT: &str = "use a number of seconds from 0.01 to 86400, e.g. 60";
+    if value.trim().is_empty() {
+        return Ok(DEFAULT_RATE_LIMIT_WINDOW);
+    }
+    let seconds: f64 = value.trim().parse().map_err(|_| HINT.to_owned())?;
+    if !(0.01..=86_400.0).contains(&seconds) {
+        return Err(HINT.to_owned());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// Comma-separated CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses
 /// (`192.0.2.7`); empty for none.
 fn parse_cidrs(value: &str) -> Result<Vec<IpNet>, String> {
@@ -195,15 +291,46 @@ mod tests {
     use super::*;
 
     const DB: [&str; 3] = ["jeanus-api", "--database-url", "postgres://h/db"];
+    const KEY: &str = "--secret-key=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
     fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(DB.iter().chain(extra))
     }
 
     #[test]
+    fn a_bad_secret_key_names_the_variable() {
+        for bad in ["c2hvcnQ=", "not base64!"] {
+            let arg = format!("--secret-key={bad}");
+            let e = parse(&[&arg]).expect_err("refused");
+            let line = one_line(&e);
+            assert!(line.contains("JEANUS_SECRET_KEY"), "{line}");
+        }
+        let c = parse(&[KEY]).expect("valid");
+        assert!(c.sealing_key().is_ok());
+        assert!(!c.webhook_allow_private);
+        assert!(!format!("{c:?}").contains("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="));
+        if std::env::var_os("JEANUS_SECRET_KEY").is_none() {
+            let e = parse(&[])
+                .expect("valid")
+                .sealing_key()
+                .map(|_| ())
+                .expect_err("unset");
+            assert!(
+                e.to_string().starts_with("JEANUS_SECRET_KEY is not set"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let c = parse(&[]).expect("valid");
-        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        // Read the declared default, not `c.nats_url`: scripts/test sets NATS_URL.
+        let nats_default = <Config as clap::CommandFactory>::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "nats_url")
+            .map(|a| a.get_default_values().to_vec());
+        assert_eq!(nats_default, Some(vec!["nats://127.0.0.1:4222".into()]));
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.nats_prefix.stream_name(), "JEANUS_EVENTS");
         assert!(c.admin_token.is_none());
@@ -249,6 +376,23 @@ mod tests {
         assert!(c.admin_token.is_none());
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.nats_prefix.prefix(), "jeanus");
+    }
+
+    #[test]
+    fn the_rate_limit_window_is_seconds() {
+        assert_eq!(
+            parse(&[]).expect("valid").rate_limit_window,
+            Duration::from_secs(60)
+        );
+        let c = parse(&["--rate-limit-window", "1.5"]).expect("valid");
+        assert_eq!(c.rate_limit_window, Duration::from_millis(1500));
+        let c = parse(&["--rate-limit-window="]).expect("valid");
+        assert_eq!(c.rate_limit_window, Duration::from_secs(60));
+        for bad in ["0", "-1", "soon", "100000"] {
+            let arg = format!("--rate-limit-window={bad}");
+            let e = parse(&[&arg]).expect_err("refused");
+            assert!(one_line(&e).contains("JEANUS_RATE_LIMIT_WINDOW"), "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Every outcome a client can see as an error, and the one envelope they are
 //! rendered in: `{"error":{"code","message"},"request_id"}`.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -37,6 +37,32 @@ pub enum ApiError {
     Database(#[from] sqlx::Error),
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
+    #[error("this request needs an Authorization: Bearer header")]
+    MissingAuth,
+    #[error("the operator token is not valid")]
+    InvalidAdminToken,
+    #[error("the API key is malformed: expected jns_live_ or jns_test_ followed by 36 letters and digits")]
+    InvalidFormat,
+    #[error("the API key is not valid")]
+    InvalidKey,
+    #[error("the API key has been revoked")]
+    Revoked,
+    #[error("the API key has expired")]
+    Expired,
+    #[error("this request needs the {} scope", scope_name(*.0))]
+    MissingScope(schema::events::Scope),
+    #[error("this API key may not be used from this IP address")]
+    IpNotAllowed,
+    #[error("rate limit exceeded; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("the resource has changed since the ETag given in If-Match; fetch it again")]
+    PreconditionFailed,
+    #[error("the resource was changed concurrently too often; retry the request")]
+    Conflict,
+    #[error("this Idempotency-Key was used with another request (method, path or body)")]
+    IdempotencyConflict,
+    #[error("a request with this Idempotency-Key is still in progress; retry later")]
+    IdempotencyInProgress,
 }
 
 impl ApiError {
@@ -52,6 +78,15 @@ impl ApiError {
             Self::Timeout | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(e) if database_unreachable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MissingAuth | Self::InvalidAdminToken => StatusCode::UNAUTHORIZED,
+            Self::InvalidFormat | Self::InvalidKey | Self::Revoked | Self::Expired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::MissingScope(_) | Self::IpNotAllowed => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::Conflict | Self::IdempotencyInProgress => StatusCode::CONFLICT,
+            Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -69,6 +104,19 @@ impl ApiError {
             Self::Database(e) if database_unreachable(e) => "unavailable",
             Self::Database(_) => "db_error",
             Self::Internal(_) => "internal_error",
+            Self::MissingAuth => "missing_auth",
+            Self::InvalidAdminToken => "invalid_admin_token",
+            Self::InvalidFormat => "invalid_format",
+            Self::InvalidKey => "invalid_key",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::MissingScope(_) => "missing_scope",
+            Self::IpNotAllowed => "ip_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::Conflict => "conflict",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
         }
     }
 
@@ -122,7 +170,48 @@ impl IntoResponse for ApiError {
             },
             request_id: id.as_deref(),
         };
-        (status, axum::Json(envelope)).into_response()
+        let mut response = (status, axum::Json(envelope)).into_response();
+        if let Self::RateLimited { retry_after } = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from((*retry_after).max(1)),
+            );
+        }
+        // For the audit log, which sees only the response.
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
+    }
+}
+
+/// The error envelope as the OpenAPI document describes it (what
+/// [`ApiError`] renders).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+    /// The request's `X-Request-Id`.
+    pub request_id: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case identifier: `invalid_param`, `not_found`, …
+    #[schema(example = "invalid_param")]
+    pub code: String,
+    /// For humans; names the offending field or parameter where there is one.
+    pub message: String,
+}
+
+/// The `code` of an error response, in its extensions: what the audit log
+/// records without parsing the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
+/// `read`, `write`, `admin`: as clients write scopes.
+fn scope_name(scope: schema::events::Scope) -> &'static str {
+    match scope {
+        schema::events::Scope::Read => "read",
+        schema::events::Scope::Write => "write",
+        schema::events::Scope::Admin => "admin",
     }
 }
 

@@ -21,12 +21,23 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+pub mod audit;
+pub mod auth;
 pub mod config;
+pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
+pub mod lists;
+pub mod openapi;
+pub mod ratelimit;
 pub mod request_id;
+pub mod resources;
 pub mod routes;
 pub mod state;
+pub mod tenancy;
+pub mod views;
+pub mod webhooks;
 
 use config::Config;
 use error::ApiError;
@@ -40,12 +51,25 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_DB_CONNECTIONS: u32 = 32;
 
 /// Every route, the fallbacks and the layers, in one place. Outermost first:
-/// sensitive headers (so nothing below can log `Authorization`), request id
-/// (so the span, the handlers and the error envelope all see it), trace,
-/// timeout (inside the span, so a timeout is logged with its request), body
-/// limit.
+/// - sensitive headers, so nothing below can log `Authorization`;
+/// - request id, so the span, the handlers, the error envelope and the audit
+///   log all see it (and every response carries `X-Request-Id`);
+/// - client address (the socket's, or `X-Forwarded-For` from a trusted proxy);
+/// - trace;
+/// - audit (`/api/v1` and `/admin/v1`): outside the security layers, so that
+///   a 401, 403 or 429 is logged too, and the response waits for its entry;
+/// - for `/api/v1` only (but its public `GET /api/v1/openapi.json`):
+///   authenticate (401) → IP allowlist (403) → rate limit (429, and the
+///   quota headers);
+/// - timeout, inside the span so that a timeout is logged (and audited)
+///   with its request;
+/// - body limit.
+///
+/// Each layer holds only the handle it needs (cloned for every request),
+/// never the whole [`AppState`].
 pub fn app(state: AppState) -> Router {
-    routes::router()
+    let trusted: Arc<[ipnet::IpNet]> = state.config.trusted_proxies.clone().into();
+    routes::router(&state)
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(
@@ -54,6 +78,10 @@ pub fn app(state: AppState) -> Router {
                     header::AUTHORIZATION,
                 ]))
                 .layer(middleware::from_fn(request_id::middleware))
+                .layer(middleware::from_fn_with_state(
+                    trusted,
+                    auth::client_ip::middleware,
+                ))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
@@ -61,6 +89,22 @@ pub fn app(state: AppState) -> Router {
                         // A 5xx is logged once, by `ApiError`, with its cause.
                         .on_failure(()),
                 )
+                .layer(middleware::from_fn_with_state(
+                    state.audit.clone(),
+                    audit::middleware,
+                ))
+                .layer(middleware::from_fn_with_state(
+                    state.keys.clone(),
+                    auth::authenticate::middleware,
+                ))
+                .layer(middleware::from_fn_with_state(
+                    state.limiter.clone(),
+                    auth::client_ip::allowlist,
+                ))
+                .layer(middleware::from_fn_with_state(
+                    state.limiter.clone(),
+                    ratelimit::middleware,
+                ))
                 .layer(middleware::from_fn(timeout))
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )
@@ -128,20 +172,37 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Webhook subscriptions cannot seal their secrets without it: refuse to
+    // start rather than fail on the first subscription.
+    config.sealing_key()?;
     let (db, nats) = connect(&config).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let names = config.nats_prefix.clone();
 
     let stop_relay = CancellationToken::new();
     let relay = schema::relay::spawn(db.clone(), js.clone(), names.clone(), stop_relay.clone());
-    let state = AppState {
+    let stop_watcher = CancellationToken::new();
+    let (projected, watcher) = consistency::Projected::spawn(db.clone(), stop_watcher.clone());
+    let keys = auth::authenticate::KeyCache::new(db.clone());
+    let revocations = keys.watch_revocations(&nats, &names).await?;
+    let limiter = ratelimit::RateLimiter::spawn(&db, config.rate_limit_window);
+    let audit = audit::AuditLog::spawn(&db);
+    // Closed after the server has finished its last request.
+    let writers = (limiter.clone(), audit.clone());
+    let stop_sweeper = CancellationToken::new();
+    let sweeper = idempotency::spawn_sweeper(db.clone(), stop_sweeper.clone());
+    let state = AppState::new(state::Shared {
+        keys,
+        limiter,
+        audit,
         store: EventStore::spawn(db.clone()),
         db: db.clone(),
         nats: nats.clone(),
         js,
         names,
         config: Arc::new(config),
-    };
+        projected,
+    });
 
     let addr = listener
         .local_addr()
@@ -156,12 +217,23 @@ pub async fn run(
     .context("the HTTP server failed");
 
     stop_relay.cancel();
+    stop_watcher.cancel();
+    stop_sweeper.cancel();
+    if let Err(e) = sweeper.await {
+        tracing::error!(error = %e, "the idempotency key sweeper ended abnormally");
+    }
+    if let Err(e) = watcher.await {
+        tracing::error!(error = %e, "the projection watcher ended abnormally");
+    }
     if let Err(e) = relay.await {
         tracing::error!(error = %e, "the event relay ended abnormally");
     }
     if let Err(e) = nats.drain().await {
         tracing::warn!(error = %e, "failed to drain the NATS connection");
     }
+    revocations.abort();
+    writers.0.close().await;
+    writers.1.close().await;
     db.close().await;
     tracing::info!("api stopped");
     served

@@ -1,6 +1,6 @@
 //! `jeanus-api`: reads the configuration, starts logging and calls
-//! `api::run` (or `api::migrate`). A start-up error is one line on stderr and
-//! exit status 1.
+//! `api::run` (or `api::migrate`, or an operator command from `cli`). A
+//! start-up error is one line on stderr and exit status 1.
 
 use std::process::ExitCode;
 
@@ -8,6 +8,8 @@ use anyhow::Context;
 use api::config::{self, Config};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "jeanus-api", version, about = "The Jeanus REST API")]
@@ -24,6 +26,11 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Operator commands: create a tenant, mint a key (JSON on stdout).
+    Admin {
+        #[command(subcommand)]
+        command: cli::AdminCommand,
+    },
 }
 
 #[tokio::main]
@@ -37,12 +44,16 @@ async fn main() -> ExitCode {
         }
         Err(e) => return fail(&config::one_line(&e)),
     };
-    if let Err(e) = init_tracing() {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // An operator command's stdout is its JSON output, so its logs go to stderr.
+    let logs_to_stderr = matches!(command, Command::Admin { .. });
+    if let Err(e) = init_tracing(logs_to_stderr) {
         return fail(&e);
     }
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let result = match command {
         Command::Serve => serve(cli.config).await,
         Command::Migrate => api::migrate(&cli.config).await,
+        Command::Admin { command } => cli::run(&cli.config, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,14 +74,21 @@ fn fail(message: &str) -> ExitCode {
 }
 
 /// `RUST_LOG`, default `info`.
-fn init_tracing() -> Result<(), String> {
+fn init_tracing(to_stderr: bool) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => {
             EnvFilter::try_new(&value).map_err(|e| format!("RUST_LOG={value:?} is invalid: {e}"))?
         }
         _ => EnvFilter::new("info"),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if to_stderr {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     Ok(())
 }
 

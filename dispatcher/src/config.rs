@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use schema::nats::{InvalidPrefix, Names};
+use schema::sealing::SecretKey;
 
 /// The delays between webhook delivery attempts unless configured.
 pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
@@ -72,6 +73,17 @@ pub struct Config {
         value_parser = parse_schedule
     )]
     pub webhook_retry_schedule: ::std::vec::Vec<Duration>,
+
+    /// The key that opens the sealed webhook secrets (standard base64 of 32
+    /// bytes); the api that sealed them must have the same one.
+    #[arg(
+        long = "secret-key",
+        env = schema::sealing::SECRET_KEY_VAR,
+        value_name = schema::sealing::SECRET_KEY_VAR,
+        hide_env_values = true,
+        value_parser = parse_secret_key
+    )]
+    pub secret_key: SecretKey,
 }
 
 impl Config {
@@ -82,7 +94,8 @@ impl Config {
     }
 
     /// A configuration for tests: private addresses allowed (the receiver is
-    /// on 127.0.0.1), the default retry schedule.
+    /// on 127.0.0.1), the default retry schedule, a random secret key (give
+    /// it the api's with [`Config::with_secret_key`]).
     pub fn for_test(
         database_url: impl Into<String>,
         nats_url: impl Into<String>,
@@ -94,8 +107,21 @@ impl Config {
             nats_prefix: Names::new(prefix)?,
             webhook_allow_private: true,
             webhook_retry_schedule: default_retry_schedule(),
+            secret_key: SecretKey::generate(),
         })
     }
+
+    /// The same configuration with `key` (the api's, in tests).
+    pub fn with_secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = key;
+        self
+    }
+}
+
+/// `JEANUS_SECRET_KEY`: clap's message names the variable; the reason is added.
+fn parse_secret_key(value: &str) -> Result<SecretKey, String> {
+    SecretKey::from_base64(value)
+        .map_err(|e| format!("{e} (generate one with `openssl rand -base64 32`)"))
 }
 
 /// [`DEFAULT_RETRY_SCHEDULE`], parsed.
@@ -178,7 +204,11 @@ mod tests {
     use super::*;
 
     fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
-        let base = ["jeanus-dispatcher", "--database-url=postgres://h/db"];
+        let base = [
+            "jeanus-dispatcher",
+            "--database-url=postgres://h/db",
+            "--secret-key=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ];
         Config::try_parse_from(base.iter().chain(extra))
     }
 
@@ -234,6 +264,20 @@ mod tests {
         }
         let line = one_line(&parse(&["--webhook-allow-private=maybe"]).expect_err("refused"));
         assert!(line.contains("JEANUS_WEBHOOK_ALLOW_PRIVATE"), "{line}");
+    }
+
+    #[test]
+    fn a_missing_or_malformed_secret_key_names_the_variable() {
+        let missing =
+            Config::try_parse_from(["jeanus-dispatcher", "--database-url=postgres://h/db"])
+                .expect_err("refused");
+        assert!(
+            one_line(&missing).contains("JEANUS_SECRET_KEY"),
+            "{}",
+            one_line(&missing)
+        );
+        let line = one_line(&parse(&["--secret-key=c2hvcnQ="]).expect_err("refused"));
+        assert!(line.contains("JEANUS_SECRET_KEY"), "{line}");
     }
 
     #[test]

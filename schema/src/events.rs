@@ -28,6 +28,7 @@ pub mod stream_types {
     pub const PRODUCT: &str = "product";
     pub const LEAD: &str = "lead";
     pub const ORDER: &str = "order";
+    pub const WEBHOOK_ENDPOINT: &str = "webhook_endpoint";
 }
 
 /// One event type's data, and how to read older versions of it.
@@ -125,6 +126,12 @@ event_payloads!(
     OrderUpdated,
     OrderStatusChanged,
     OrderDeleted,
+    WebhookEndpointCreated,
+    WebhookEndpointUpdated,
+    WebhookSecretRotated,
+    WebhookEndpointDisabled,
+    WebhookEndpointDeleted,
+    WebhookTestRequested,
 );
 
 version_one!(
@@ -145,6 +152,12 @@ version_one!(
     OrderUpdated => stream_types::ORDER,
     OrderStatusChanged => stream_types::ORDER,
     OrderDeleted => stream_types::ORDER,
+    WebhookEndpointCreated => stream_types::WEBHOOK_ENDPOINT,
+    WebhookEndpointUpdated => stream_types::WEBHOOK_ENDPOINT,
+    WebhookSecretRotated => stream_types::WEBHOOK_ENDPOINT,
+    WebhookEndpointDisabled => stream_types::WEBHOOK_ENDPOINT,
+    WebhookEndpointDeleted => stream_types::WEBHOOK_ENDPOINT,
+    WebhookTestRequested => stream_types::WEBHOOK_ENDPOINT,
 );
 
 // ---- tenants and keys ----
@@ -324,6 +337,52 @@ pub struct OrderStatusChanged {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderDeleted {}
+
+// ---- webhook endpoints ----
+//
+// A signing secret is never recorded in plaintext: `secret_sealed` is the
+// secret encrypted under the deployment's secret key (see the api's and the
+// dispatcher's `sealing`), so that the event log, a backup or a replay leaks
+// nothing usable without that key.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEndpointCreated {
+    pub url: String,
+    /// Event types subscribed to, e.g. `lead.stage_changed`.
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub secret_sealed: String,
+}
+
+/// A merge patch of `url`, `events`, `enabled`, `description`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEndpointUpdated {
+    pub patch: Map<String, Value>,
+}
+
+/// A new signing secret; the previous one keeps signing beside it until
+/// `previous_expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSecretRotated {
+    pub secret_sealed: String,
+    pub previous_expires_at: DateTime<Utc>,
+}
+
+/// The dispatcher stopped delivering to the endpoint (410 Gone, or failing
+/// everything for days). Re-enabling is a `WebhookEndpointUpdated` with
+/// `enabled: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEndpointDisabled {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEndpointDeleted {}
+
+/// `POST /api/v1/webhooks/{id}/test`: deliver a `webhook.test` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookTestRequested {}
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,11 @@ pub mod envelope;
 pub mod events;
 pub mod nats;
 pub mod relay;
+pub mod resources;
+pub mod sealing;
 pub mod store;
+pub mod webhook_endpoints;
+pub mod webhooks;
 
 /// The migrations in `schema/migrations`, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -50,6 +50,13 @@ impl Names {
         )
     }
 
+    /// One event type of one stream type, in every tenant:
+    /// `<prefix>.events.*.<stream_type>.<event_type>` (a core NATS
+    /// subscription; the api watches `api_key.KeyRevoked` with it).
+    pub fn event_type_in_all_tenants(&self, stream_type: &str, event_type: &str) -> String {
+        format!("{}.events.*.{stream_type}.{event_type}", self.prefix)
+    }
+
     /// Every event subject: the stream's subject filter.
     pub fn all_events(&self) -> String {
         format!("{}.events.>", self.prefix)
@@ -75,6 +82,10 @@ mod tests {
             "t_42.events.00000000-0000-0000-0000-000000000000.lead.LeadCreated"
         );
         assert_eq!(n.all_events(), "t_42.events.>");
+        assert_eq!(
+            n.event_type_in_all_tenants("api_key", "KeyRevoked"),
+            "t_42.events.*.api_key.KeyRevoked"
+        );
     }
 
     #[test]

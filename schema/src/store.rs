@@ -292,6 +292,43 @@ pub async fn read_after<'e>(
     .await
 }
 
+/// Every event of one stream, oldest first; empty for a stream that does not
+/// exist. What a command folds to learn a stream's current state and version
+/// before it appends with `ExpectedVersion::Exact`.
+pub async fn read_stream<'e>(
+    executor: impl PgExecutor<'e>,
+    stream_id: Uuid,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedEvent>(
+        "select position, id, tenant_id, stream_type, stream_id, stream_version, event_type,
+                schema_version, occurred_at, metadata, data
+           from events
+          where stream_id = $1
+          order by stream_version",
+    )
+    .bind(stream_id)
+    .fetch_all(executor)
+    .await
+}
+
+/// Every event of each of `stream_ids`, by stream, each oldest first: several
+/// [`read_stream`]s in one round trip.
+pub async fn read_streams<'e>(
+    executor: impl PgExecutor<'e>,
+    stream_ids: &[Uuid],
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedEvent>(
+        "select position, id, tenant_id, stream_type, stream_id, stream_version, event_type,
+                schema_version, occurred_at, metadata, data
+           from events
+          where stream_id = any($1)
+          order by stream_id, stream_version",
+    )
+    .bind(stream_ids)
+    .fetch_all(executor)
+    .await
+}
+
 /// The position of the last committed event (0 when the log is empty).
 pub async fn head<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select position from event_log_head where singleton")

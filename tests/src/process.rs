@@ -26,7 +26,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Start `binary` with `env` (on top of a clean environment but PATH and RUST_LOG).
+    /// Start `binary` with `env` (on top of a clean environment but PATH,
+    /// RUST_LOG and a fresh `JEANUS_SECRET_KEY`, which `env` may override:
+    /// processes that must share sealed secrets are given the same key).
     pub fn start(name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(binary(name));
         cmd.args(args)
@@ -35,6 +37,10 @@ impl Service {
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env(
+                schema::sealing::SECRET_KEY_VAR,
+                schema::sealing::SecretKey::generate().to_base64(),
             )
             .stdin(Stdio::null());
         for (k, v) in env {

@@ -216,3 +216,47 @@ async fn two_instances_appending_and_relaying_at_once_publish_each_event_once(po
         r.await.expect("relay stops cleanly");
     }
 }
+
+/// The real thing: `jeanus-api` processes relaying while events are
+/// appended, each killed with SIGKILL mid-stream and replaced.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn api_processes_killed_with_sigkill_mid_stream_lose_and_duplicate_nothing(pool: PgPool) {
+    use jeanus_tests::process::Service;
+
+    let env = TestEnv::new(pool.clone()).await;
+    let service_env = [
+        ("DATABASE_URL", env.database_url.clone()),
+        ("NATS_URL", env.nats_url.clone()),
+        ("JEANUS_NATS_PREFIX", env.prefix().to_owned()),
+        ("JEANUS_API_ADDR", "127.0.0.1:0".to_owned()),
+    ];
+    let store = EventStore::spawn(pool.clone());
+    let tenants = [Uuid::now_v7()];
+    let writing = {
+        let store = store.clone();
+        tokio::spawn(async move { append_many(&store, &tenants, 8, 3_000).await })
+    };
+
+    let mut kills = 0;
+    while !writing.is_finished() || kills < 3 {
+        let mut api = Service::start("jeanus-api", &[], &service_env);
+        // Let it become the leader and publish part of the backlog.
+        let before = stream_last_sequence(&env).await.unwrap_or(0);
+        eventually(
+            "the new relay to publish something",
+            Duration::from_secs(20),
+            || async {
+                let now = stream_last_sequence(&env).await.unwrap_or(0);
+                let head = store::head(&pool).await.unwrap_or(0) as u64;
+                (now > before || (now == head && writing.is_finished())).then_some(())
+            },
+        )
+        .await;
+        api.kill();
+        kills += 1;
+    }
+    writing.await.expect("writers");
+
+    let _survivor = Service::start("jeanus-api", &[], &service_env);
+    assert_stream_equals_log(&env, &pool).await;
+}

@@ -50,7 +50,9 @@ impl PlainKey {
             .strip_prefix(LIVE_PREFIX)
             .or_else(|| presented.strip_prefix(TEST_PREFIX))
             .ok_or(InvalidFormat)?;
-        if rest.len() != SECRET_LEN + CHECKSUM_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if rest.len() != SECRET_LEN + CHECKSUM_LEN
+            || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return Err(InvalidFormat);
         }
         let (secret, sum) = rest.split_at(SECRET_LEN);
@@ -125,7 +127,11 @@ mod tests {
             let mut bytes = key.clone().into_bytes();
             bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
             let typo = String::from_utf8(bytes).expect("ascii");
-            assert_eq!(PlainKey::parse(&typo), Err(InvalidFormat), "typo at {i} accepted");
+            assert_eq!(
+                PlainKey::parse(&typo),
+                Err(InvalidFormat),
+                "typo at {i} accepted"
+            );
         }
     }
 
@@ -142,7 +148,11 @@ mod tests {
             format!("{}-{}", &key[..20], &key[21..]),
         ];
         for case in cases {
-            assert_eq!(PlainKey::parse(&case), Err(InvalidFormat), "{case:?} accepted");
+            assert_eq!(
+                PlainKey::parse(&case),
+                Err(InvalidFormat),
+                "{case:?} accepted"
+            );
         }
     }
 

@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 use crate::state::AppState;
 
@@ -24,30 +25,58 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-#[derive(Serialize)]
-struct Health {
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
     status: &'static str,
 }
 
-async fn healthz() -> Json<Health> {
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process is up", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-#[derive(Serialize)]
-struct Readiness {
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
     status: &'static str,
     checks: Checks,
 }
 
 /// Each check is "ok" or a short reason; details go to the log, not here.
-#[derive(Serialize)]
-struct Checks {
+#[derive(Serialize, ToSchema)]
+pub struct Checks {
+    /// `ok`, `timeout` or `unreachable`.
+    #[schema(example = "ok")]
     postgres: &'static str,
+    /// `ok`, `connecting` or `disconnected`.
+    #[schema(example = "ok")]
     nats: &'static str,
+    /// `ok`, `pending`, `failed`, `checksum_mismatch`, or `unknown` while
+    /// PostgreSQL is down.
+    #[schema(example = "ok")]
     migrations: &'static str,
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+/// Readiness: PostgreSQL and NATS reachable, every migration applied.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve", body = Readiness),
+        (status = 503, description = "Not ready: `checks` says what is not `ok` (this body, not the error envelope)", body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let (postgres, migrations) = check_database(&state.db).await;
     let nats = match state.nats.connection_state() {
         async_nats::connection::State::Connected => OK,

@@ -11,7 +11,7 @@
 //!
 //! Two shapes: `tenants` and `api_keys` apply one event at a time (an
 //! `apply` per event); the four resource read models (`customers`,
-//! `products`, `leads`, `orders`) work per batch through
+//! `products`, `leads`, `orders`) and `webhook_endpoints` work per batch through
 //! [`resource_table`]: one query loads the rows the batch touches, the
 //! shared fold runs in memory, one upsert writes them back.
 //!
@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use schema::envelope::RecordedEvent;
 use schema::events::EventPayload;
 use schema::resources::{Customer, Lead, Order, Product};
+use schema::webhook_endpoints::WebhookEndpoint;
 use sqlx::PgConnection;
 
 pub mod api_keys;
@@ -33,6 +34,7 @@ pub mod orders;
 pub mod products;
 pub mod resource_table;
 pub mod tenants;
+pub mod webhook_endpoints;
 
 /// One read model. An enum rather than a trait object: the set is closed and
 /// known at compile time, and a `match` needs neither boxing nor `async_trait`.
@@ -44,6 +46,7 @@ pub enum Projection {
     Products,
     Leads,
     Orders,
+    WebhookEndpoints,
 }
 
 impl Projection {
@@ -55,6 +58,7 @@ impl Projection {
         Projection::Products,
         Projection::Leads,
         Projection::Orders,
+        Projection::WebhookEndpoints,
     ];
 
     /// The name under which the projection's checkpoint is stored in
@@ -69,6 +73,7 @@ impl Projection {
             Self::Products => "products",
             Self::Leads => "leads",
             Self::Orders => "orders",
+            Self::WebhookEndpoints => "webhook_endpoints",
         }
     }
 
@@ -102,6 +107,9 @@ impl Projection {
             Self::Products => resource_table::apply_batch::<Product>(conn, events).await,
             Self::Leads => resource_table::apply_batch::<Lead>(conn, events).await,
             Self::Orders => resource_table::apply_batch::<Order>(conn, events).await,
+            Self::WebhookEndpoints => {
+                resource_table::apply_batch::<WebhookEndpoint>(conn, events).await
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ mod harness;
 mod leads;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/webhooks.rs"]
+mod webhooks;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -100,6 +102,8 @@ enum Scenario {
     Auth(auth::Args),
     /// 100,000 leads: list throughput against direct SQL, POST, projection lag.
     Leads(leads::Args),
+    /// Webhooks: PATCH → receiver latency at 500/s, deliveries/s to 100 endpoints.
+    Webhooks(webhooks::Args),
 }
 
 impl Scenario {
@@ -109,6 +113,7 @@ impl Scenario {
             Scenario::Append(append::Args::default()),
             Scenario::Auth(auth::Args::default()),
             Scenario::Leads(leads::Args::default()),
+            Scenario::Webhooks(webhooks::Args::default()),
         ]
     }
 
@@ -117,12 +122,19 @@ impl Scenario {
             Scenario::Append(args) => append::run(common, args).await,
             Scenario::Auth(args) => auth::run(common, args).await,
             Scenario::Leads(args) => leads::run(common, args).await,
+            Scenario::Webhooks(args) => webhooks::run(common, args).await,
         }
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

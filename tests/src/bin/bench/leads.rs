@@ -2,8 +2,9 @@
 //! v1 resources, in one run against one in-process api and projector:
 //!
 //! - a tenant with `--leads` leads (100,000), bulk-appended through the
-//!   `EventStore` and then projected from scratch (the projector's catch-up
-//!   rate, events/s);
+//!   `EventStore` (the api's relay publishing them meanwhile) and then
+//!   projected from scratch, once all are in JetStream (the projector's
+//!   catch-up rate, events/s);
 //! - `GET /api/v1/leads?limit=50`, and with `q=`, at each `--clients`
 //!   concurrency, against the same statement run straight on PostgreSQL
 //!   (`api::lists::query::List::fetch`: the same page and the same count,
@@ -259,21 +260,19 @@ async fn measure_phases(
 ) -> anyhow::Result<Results> {
     let store = EventStore::spawn(pool.clone());
     let (tenant_id, key) = tenant_and_key(&store).await?;
-
-    eprintln!("leads: appending {} leads", args.leads);
-    let started = Instant::now();
-    bulk_append(&store, tenant_id, args.leads).await?;
-    let bulk_append_s = started.elapsed().as_secs_f64();
-    let head = store::head(pool).await?;
-    eprintln!(
-        "leads: appended in {bulk_append_s:.1} s ({} appends/s)",
-        thousands(args.leads as f64 / bulk_append_s)
-    );
-
-    // The api's relay publishes the log; once it is all in JetStream, the
-    // projector starts from an empty checkpoint.
+    // The api's relay publishes the log as it is appended; once it is all in
+    // JetStream, the projector starts from an empty checkpoint.
     let api = RunningApi::start(api_config, client).await?;
     let run = async {
+        eprintln!("leads: appending {} leads", args.leads);
+        let started = Instant::now();
+        bulk_append(&store, tenant_id, args.leads).await?;
+        let bulk_append_s = started.elapsed().as_secs_f64();
+        let head = store::head(pool).await?;
+        eprintln!(
+            "leads: appended in {bulk_append_s:.1} s ({} appends/s)",
+            thousands(args.leads as f64 / bulk_append_s)
+        );
         wait_published(&api_config.nats_url, &api_config.nats_prefix.stream_name(), head).await?;
         let started = Instant::now();
         let projector = RunningProjector::start(projector_config);

@@ -1,0 +1,373 @@
+//! The per-key rate limit: an exact sliding window shared by every api
+//! instance, kept in PostgreSQL, and the headers that report it.
+//!
+//! A key never gets more than its `rate_limit_per_minute` requests accepted
+//! in any window (60 s; `JEANUS_RATE_LIMIT_WINDOW` shortens it for tests),
+//! and a client that stays under the limit is never refused. The state is a
+//! ring of the last `limit` accepted request times per key, and a decision
+//! is O(1) amortised: `jeanus_rate_limit` in
+//! `schema/migrations/0004_audit_and_rate_limit.sql` has the details. Every
+//! instance funnels its decisions through one [`Batcher`]: one round trip
+//! for all the requests that arrived meanwhile. Time is PostgreSQL's clock,
+//! the one clock every instance shares.
+//!
+//! **When PostgreSQL is down the limiter fails closed**: `/api/v1` answers
+//! 503 `unavailable`. The audit log needs PostgreSQL for every response
+//! anyway, so failing open here would buy nothing. The tables are UNLOGGED
+//! (the windows are not worth WAL): after a PostgreSQL crash every window
+//! starts empty, which lets a key make at most one extra window's worth of
+//! requests once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use schema::batch::Batcher;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// Decisions one batch carries at most.
+const MAX_BATCH: usize = 1024;
+
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// draft-ietf-httpapi-ratelimit-headers (-08 to -11): the policy, `q` the
+/// quota and `w` the window in seconds.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The same draft: `r` the remaining quota, `t` seconds until it resets.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Whether a check spends one request of the quota or only reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consume {
+    Yes,
+    No,
+}
+
+/// A key's quota after one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    /// The request was accepted (for `Consume::No`: would have been).
+    pub allowed: bool,
+    pub remaining: u32,
+    /// PostgreSQL's clock at the decision, in Unix milliseconds.
+    pub now_ms: i64,
+    /// How long until a request is next free (0 when `remaining > 0`).
+    pub reset_after_ms: i64,
+    pub window: Duration,
+}
+
+impl Quota {
+    /// Unix seconds at which a request is next free, rounded up.
+    pub fn reset_unix(&self) -> i64 {
+        ceil_div(self.now_ms + self.reset_after_ms, 1000)
+    }
+
+    /// Seconds until a request is next free, rounded up.
+    pub fn reset_seconds(&self) -> u64 {
+        u64::try_from(ceil_div(self.reset_after_ms.max(0), 1000)).unwrap_or(0)
+    }
+
+    /// `Retry-After` for a refusal: at least 1 s.
+    pub fn retry_after(&self) -> u64 {
+        self.reset_seconds().max(1)
+    }
+}
+
+fn ceil_div(n: i64, d: i64) -> i64 {
+    n.div_euclid(d) + i64::from(n.rem_euclid(d) != 0)
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimiterError {
+    #[error("the rate limiter's database query failed: {0}")]
+    Database(#[source] Arc<sqlx::Error>),
+    #[error("the rate limiter's batch writer has stopped")]
+    Stopped,
+}
+
+struct Ask {
+    key_id: Uuid,
+    limit: u32,
+    consume: Consume,
+}
+
+/// This process's handle onto the shared limiter. Cheap to clone.
+#[derive(Clone)]
+pub struct RateLimiter {
+    batcher: Batcher<Ask, Result<Quota, LimiterError>>,
+    window: Duration,
+    /// The batch writer's own connection, closed by [`RateLimiter::close`].
+    db: PgPool,
+}
+
+impl RateLimiter {
+    /// Start the batching task on the current runtime, on a connection of
+    /// its own (see [`own_connection`]).
+    pub fn spawn(db: &PgPool, window: Duration) -> Self {
+        let db = own_connection(db);
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+        let batcher = Batcher::spawn(MAX_BATCH, MAX_BATCH, |_: &Ask| 1, {
+            let db = db.clone();
+            move |asks: Vec<Ask>| decide(db.clone(), asks, window_ms, window)
+        });
+        Self {
+            batcher,
+            window,
+            db,
+        }
+    }
+
+    /// Close the writer's connection (at shutdown, once no request is left).
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Decide one request of `key_id` under `limit` per window.
+    pub async fn check(
+        &self,
+        key_id: Uuid,
+        limit: u32,
+        consume: Consume,
+    ) -> Result<Quota, LimiterError> {
+        self.batcher
+            .submit(Ask {
+                key_id,
+                limit,
+                consume,
+            })
+            .await
+            .map_err(|_| LimiterError::Stopped)?
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Decision {
+    idx: i64,
+    allowed: bool,
+    remaining: i32,
+    reset_after_ms: i64,
+    now_ms: i64,
+}
+
+async fn decide(
+    db: PgPool,
+    asks: Vec<Ask>,
+    window_ms: i64,
+    window: Duration,
+) -> Vec<Result<Quota, LimiterError>> {
+    // A limit of 0 would be a ring of no slots: such a key is refused
+    // outright, without a query (the minting endpoint refuses 0 anyway).
+    let key_ids: Vec<Uuid> = asks.iter().map(|a| a.key_id).collect();
+    let limits: Vec<i32> = asks
+        .iter()
+        .map(|a| i32::try_from(a.limit.max(1)).unwrap_or(i32::MAX))
+        .collect();
+    let consume: Vec<bool> = asks
+        .iter()
+        .map(|a| a.consume == Consume::Yes && a.limit > 0)
+        .collect();
+    let query = || {
+        sqlx::query_as::<_, Decision>(
+            "select idx, allowed, remaining, reset_after_ms, now_ms \
+             from jeanus_rate_limit($1, $2, $3, $4)",
+        )
+        .bind(&key_ids)
+        .bind(&limits)
+        .bind(&consume)
+        .bind(window_ms)
+        .fetch_all(&db)
+    };
+    let rows = match query().await {
+        // Once more, on a fresh connection. Should the failed attempt have
+        // committed unseen, its requests count twice: more refusals, never
+        // more admissions.
+        Err(e) => {
+            tracing::warn!(error = %e, requests = asks.len(), "rate limiter query failed; retrying once");
+            query().await
+        }
+        ok => ok,
+    };
+    let rows = match rows {
+        Ok(rows) if rows.len() == asks.len() => rows,
+        Ok(rows) => {
+            let e = sqlx::Error::Protocol(format!(
+                "jeanus_rate_limit answered {} of {} requests",
+                rows.len(),
+                asks.len()
+            ));
+            return fail_all(asks.len(), e);
+        }
+        Err(e) => return fail_all(asks.len(), e),
+    };
+    let mut answers: Vec<Option<Result<Quota, LimiterError>>> = vec![None; asks.len()];
+    for row in rows {
+        let Some(i) = usize::try_from(row.idx - 1)
+            .ok()
+            .filter(|&i| i < asks.len())
+        else {
+            continue;
+        };
+        let ask = &asks[i];
+        let quota = if ask.limit == 0 {
+            Quota {
+                limit: 0,
+                allowed: false,
+                remaining: 0,
+                now_ms: row.now_ms,
+                reset_after_ms: window_ms,
+                window,
+            }
+        } else {
+            Quota {
+                limit: ask.limit,
+                allowed: row.allowed,
+                remaining: u32::try_from(row.remaining).unwrap_or(0),
+                now_ms: row.now_ms,
+                reset_after_ms: row.reset_after_ms,
+                window,
+            }
+        };
+        answers[i] = Some(Ok(quota));
+    }
+    answers
+        .into_iter()
+        .map(|a| {
+            a.unwrap_or_else(|| Err(LimiterError::Database(Arc::new(sqlx::Error::RowNotFound))))
+        })
+        .collect()
+}
+
+/// A pool of one connection, to the same database as `db`, for a batch
+/// writer (which has one batch in flight at a time): the same backend serves
+/// every batch, with its plans and compiled functions warm, and no liveness
+/// ping precedes each batch (the shared pool pings on every acquire, one
+/// more round trip). A broken connection fails one batch and is replaced on
+/// the next.
+pub(crate) fn own_connection(db: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with((*db.connect_options()).clone())
+}
+
+fn fail_all(n: usize, e: sqlx::Error) -> Vec<Result<Quota, LimiterError>> {
+    tracing::error!(error = %e, requests = n, "rate limiter query failed");
+    let e = Arc::new(e);
+    (0..n)
+        .map(|_| Err(LimiterError::Database(e.clone())))
+        .collect()
+}
+
+/// The rate limit on `/api/v1`: spends one request of the caller's quota,
+/// answers 429 `rate_limited` (with `Retry-After`) beyond it, and puts the
+/// quota headers on the response either way. Requests without a
+/// [`Principal`] pass through.
+pub async fn middleware(
+    State(limiter): State<RateLimiter>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(principal) = request.extensions().get::<Principal>() else {
+        return next.run(request).await;
+    };
+    let key_id = principal.key_id;
+    let quota = match limiter
+        .check(key_id, principal.rate_limit_per_minute, Consume::Yes)
+        .await
+    {
+        Ok(quota) => quota,
+        // Fail closed: see the module documentation.
+        Err(e) => {
+            tracing::error!(error = %e, "rate limiter unavailable; refusing the request");
+            return ApiError::Unavailable.into_response();
+        }
+    };
+    let mut response = if quota.allowed {
+        next.run(request).await
+    } else {
+        tracing::info!(key.id = %key_id, "request refused: rate limit exceeded");
+        ApiError::RateLimited {
+            retry_after: quota.retry_after(),
+        }
+        .into_response()
+    };
+    write_headers(&quota, response.headers_mut());
+    response
+}
+
+/// The quota headers: `X-RateLimit-*` and the IETF draft's fields.
+pub fn write_headers(quota: &Quota, headers: &mut HeaderMap) {
+    let window_s = quota.window.as_secs() + u64::from(quota.window.subsec_nanos() > 0);
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(quota.limit));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(quota.remaining));
+    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(quota.reset_unix()));
+    let policy = format!("\"default\";q={};w={window_s}", quota.limit);
+    let current = format!(
+        "\"default\";r={};t={}",
+        quota.remaining,
+        quota.reset_seconds()
+    );
+    // Digits, quotes and semicolons: always valid header values.
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        headers.insert(RATELIMIT_POLICY, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&current) {
+        headers.insert(RATELIMIT, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(remaining: u32, now_ms: i64, reset_after_ms: i64) -> Quota {
+        Quota {
+            limit: 5,
+            allowed: remaining > 0,
+            remaining,
+            now_ms,
+            reset_after_ms,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn times_round_up_to_whole_seconds() {
+        let q = quota(0, 1_700_000_000_200, 59_100);
+        assert_eq!(q.reset_unix(), 1_700_000_060);
+        assert_eq!(q.reset_seconds(), 60);
+        assert_eq!(q.retry_after(), 60);
+
+        let q = quota(0, 1_700_000_000_000, 1);
+        assert_eq!(q.retry_after(), 1);
+        let q = quota(3, 1_700_000_000_000, 0);
+        assert_eq!(q.reset_unix(), 1_700_000_000);
+        assert_eq!(q.reset_seconds(), 0);
+        assert_eq!(q.retry_after(), 1, "Retry-After is never 0");
+    }
+
+    #[test]
+    fn headers_follow_the_draft() {
+        let mut headers = HeaderMap::new();
+        write_headers(&quota(2, 1_000_500, 0), &mut headers);
+        assert_eq!(headers[X_RATELIMIT_LIMIT], "5");
+        assert_eq!(headers[X_RATELIMIT_REMAINING], "2");
+        assert_eq!(headers[X_RATELIMIT_RESET], "1001");
+        assert_eq!(headers[RATELIMIT_POLICY], "\"default\";q=5;w=60");
+        assert_eq!(headers[RATELIMIT], "\"default\";r=2;t=0");
+    }
+}

@@ -1,0 +1,167 @@
+//! Read your writes on the lists, end to end: a lead created through
+//! `POST /api/v1/leads` is in the very next list, under 50 concurrent
+//! writers; a list waits for events the api did not settle (appended
+//! elsewhere, projector behind) and gives up waiting after a bounded time.
+
+use std::time::{Duration, Instant};
+
+use jeanus_tests::seed::{self, create};
+use jeanus_tests::stack::{send, MintedKey};
+use jeanus_tests::{spawn_stack, Stack, TestEnv};
+use reqwest::{Method, StatusCode};
+use schema::events::LeadStage;
+use schema::store::EventStore;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn tenant(stack: &Stack) -> MintedKey {
+    let tenant = stack.create_tenant("Acme").await;
+    stack
+        .mint_key_with(
+            tenant,
+            json!({"label": "ryw", "scopes": ["read", "write"], "rate_limit_per_minute": 10000}),
+        )
+        .await
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["data"]
+        .as_array()
+        .expect("data is an array")
+        .iter()
+        .map(|row| row["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+const WRITERS: usize = 50;
+const LEADS_PER_WRITER: usize = 4;
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(pool: PgPool) {
+    let env = TestEnv::new(pool).await;
+    let stack = spawn_stack(&env).await;
+    let key = tenant(&stack).await;
+
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let (client, base, key) = (
+            stack.client.clone(),
+            stack.base_url.clone(),
+            key.key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for n in 0..LEADS_PER_WRITER {
+                let name = format!("w{writer}-{n}-{}", Uuid::now_v7().simple());
+                let response = client
+                    .post(format!("{base}/api/v1/leads"))
+                    .bearer_auth(&key)
+                    .json(&json!({ "name": name, "source": "zapier" }))
+                    .send()
+                    .await
+                    .expect("POST answered");
+                assert_eq!(response.status(), StatusCode::CREATED);
+                let created: Value = response.json().await.expect("a body");
+                let id = created["data"]["id"].as_str().expect("an id").to_owned();
+
+                // The very next request: the newest-first page and a search.
+                let (status, page) = send(
+                    client
+                        .get(format!("{base}/api/v1/leads?q={name}"))
+                        .bearer_auth(&key),
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK, "{page}");
+                assert_eq!(ids(&page), vec![id.clone()], "{name} is listed at once");
+                assert_eq!(page["data"][0]["source"], "zapier");
+                let (status, page) = send(
+                    client
+                        .get(format!("{base}/api/v1/leads?limit=200"))
+                        .bearer_auth(&key),
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK, "{page}");
+                assert!(ids(&page).contains(&id), "{name} is among the 200 newest");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a writer");
+    }
+    let (_, all) = send(stack.with_key(Method::GET, "/api/v1/leads?limit=1", &key.key)).await;
+    assert_eq!(
+        all["pagination"]["total"],
+        (WRITERS * LEADS_PER_WRITER) as i64
+    );
+    stack.shutdown().await;
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn a_list_waits_for_the_tenants_last_event_even_one_the_api_never_settled(pool: PgPool) {
+    let env = TestEnv::new(pool.clone()).await;
+    let mut stack = spawn_stack(&env).await;
+    let key = tenant(&stack).await;
+    let store = EventStore::spawn(pool.clone());
+
+    // Appended behind the api's back while the projector is down.
+    stack.kill_projector().await;
+    let (id, _) = create(
+        &store,
+        key.tenant_id,
+        seed::lead("Behind", None, LeadStage::New),
+        None,
+    )
+    .await;
+    let listing = {
+        let request = stack.with_key(Method::GET, "/api/v1/leads", &key.key);
+        tokio::spawn(async move { send(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!listing.is_finished(), "the list waits for the projector");
+    stack.restart_projector();
+    let (status, page) = listing.await.expect("the list");
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), vec![id.to_string()]);
+    stack.shutdown().await;
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn with_the_projector_down_a_list_answers_stale_after_a_bounded_wait(pool: PgPool) {
+    let env = TestEnv::new(pool.clone()).await;
+    let mut stack = spawn_stack(&env).await;
+    let key = tenant(&stack).await;
+    let store = EventStore::spawn(pool.clone());
+    let (kept, _) = create(
+        &store,
+        key.tenant_id,
+        seed::lead("Projected", None, LeadStage::New),
+        None,
+    )
+    .await;
+    let (_, page) = send(stack.with_key(Method::GET, "/api/v1/leads", &key.key)).await;
+    assert_eq!(ids(&page), vec![kept.to_string()]);
+
+    stack.kill_projector().await;
+    create(
+        &store,
+        key.tenant_id,
+        seed::lead("Stuck", None, LeadStage::New),
+        None,
+    )
+    .await;
+    let started = Instant::now();
+    let (status, page) = send(stack.with_key(Method::GET, "/api/v1/leads", &key.key)).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        ids(&page),
+        vec![kept.to_string()],
+        "what is projected so far"
+    );
+    assert!(
+        waited >= api::consistency::READ_CATCH_UP_TIMEOUT && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    stack.restart_projector();
+    stack.shutdown().await;
+}
