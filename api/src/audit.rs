@@ -16,7 +16,6 @@
 //! nothing updates it. No bodies, no keys, no `Authorization` header.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,9 +35,13 @@ use crate::request_id;
 
 /// Entries one group commit carries at most.
 const MAX_BATCH: usize = 1024;
+/// Batches in flight at once (each on its own connection): a request waits
+/// for about one batch's commits instead of one and a half.
+const IN_FLIGHT: usize = 2;
 /// How long a request waits for its entry to commit before it is answered
-/// 503 instead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// 503 instead: long enough to ride out a WAL flush stalled behind a
+/// checkpoint, short enough that a hung database does not hold requests.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest user agent kept, in characters.
 pub const MAX_USER_AGENT: usize = 512;
 /// The longest path and query kept, in characters (a request line can be
@@ -86,58 +89,34 @@ pub enum AuditError {
     TimedOut,
 }
 
-/// Group-commit writers per process, each on its own connection. With one,
-/// a request that finishes while a batch is committing waits for that commit
-/// (a WAL flush) and then for its own; with two, it usually starts its own at
-/// once, and PostgreSQL folds concurrent flushes together.
-const WRITERS: usize = 2;
-
-/// This process's audit writers. Cheap to clone.
+/// This process's audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    writers: Arc<[Batcher<Entry, Result<(), AuditError>>]>,
-    next: Arc<AtomicUsize>,
-    /// The writers' own connections, closed by [`AuditLog::close`].
-    dbs: Arc<[PgPool]>,
+    writer: Batcher<Entry, Result<(), AuditError>>,
+    /// The writer's own connection, closed by [`AuditLog::close`].
+    db: PgPool,
 }
 
 impl AuditLog {
-    /// Start the group-commit tasks on the current runtime, each on a
-    /// connection of its own.
+    /// Start the group-commit task on the current runtime, on a connection
+    /// of its own.
     pub fn spawn(db: &PgPool) -> Self {
-        let dbs: Vec<PgPool> = (0..WRITERS)
-            .map(|_| crate::ratelimit::own_connection(db))
-            .collect();
-        let writers: Vec<_> = dbs
-            .iter()
-            .map(|db| {
-                let db = db.clone();
-                Batcher::spawn(
-                    MAX_BATCH,
-                    MAX_BATCH,
-                    |_: &Entry| 1,
-                    move |entries| write_batch(db.clone(), entries),
-                )
-            })
-            .collect();
-        Self {
-            writers: writers.into(),
-            next: Arc::default(),
-            dbs: dbs.into(),
-        }
+        let db = crate::ratelimit::own_connections(db, IN_FLIGHT as u32);
+        let writer = Batcher::spawn_pipelined(IN_FLIGHT, MAX_BATCH, MAX_BATCH, |_: &Entry| 1, {
+            let db = db.clone();
+            move |entries: Vec<Entry>| write_batch(db.clone(), entries)
+        });
+        Self { writer, db }
     }
 
-    /// Close the writers' connections (at shutdown, once no request is left).
+    /// Close the writer's connection (at shutdown, once no request is left).
     pub async fn close(&self) {
-        for db in self.dbs.iter() {
-            db.close().await;
-        }
+        self.db.close().await;
     }
 
     /// Write `entry` and wait until it is committed.
     pub async fn record(&self, entry: Entry) -> Result<(), AuditError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.writers.len();
-        match tokio::time::timeout(WRITE_TIMEOUT, self.writers[i].submit(entry)).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.writer.submit(entry)).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(AuditError::Stopped),
             Err(_) => Err(AuditError::TimedOut),

@@ -34,6 +34,12 @@ use crate::error::ApiError;
 
 /// Decisions one batch carries at most.
 const MAX_BATCH: usize = 1024;
+/// Batches in flight at once (each on its own connection): a request waits
+/// for about one batch's decisions instead of one and a half.
+const IN_FLIGHT: usize = 2;
+/// How long a request waits for its decision before it is answered 503
+/// (the limiter sits outside the request timeout).
+const DECISION_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -92,6 +98,8 @@ pub enum LimiterError {
     Database(#[source] Arc<sqlx::Error>),
     #[error("the rate limiter's batch writer has stopped")]
     Stopped,
+    #[error("the rate limiter did not decide within {} s", DECISION_TIMEOUT.as_secs())]
+    TimedOut,
 }
 
 struct Ask {
@@ -111,11 +119,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// Start the batching task on the current runtime, on a connection of
-    /// its own (see [`own_connection`]).
+    /// its own (see [`own_connections`]).
     pub fn spawn(db: &PgPool, window: Duration) -> Self {
-        let db = own_connection(db);
+        let db = own_connections(db, IN_FLIGHT as u32);
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
-        let batcher = Batcher::spawn(MAX_BATCH, MAX_BATCH, |_: &Ask| 1, {
+        let batcher = Batcher::spawn_pipelined(IN_FLIGHT, MAX_BATCH, MAX_BATCH, |_: &Ask| 1, {
             let db = db.clone();
             move |asks: Vec<Ask>| decide(db.clone(), asks, window_ms, window)
         });
@@ -142,14 +150,16 @@ impl RateLimiter {
         limit: u32,
         consume: Consume,
     ) -> Result<Quota, LimiterError> {
-        self.batcher
-            .submit(Ask {
-                key_id,
-                limit,
-                consume,
-            })
-            .await
-            .map_err(|_| LimiterError::Stopped)?
+        let ask = Ask {
+            key_id,
+            limit,
+            consume,
+        };
+        match tokio::time::timeout(DECISION_TIMEOUT, self.batcher.submit(ask)).await {
+            Ok(Ok(decided)) => decided,
+            Ok(Err(_)) => Err(LimiterError::Stopped),
+            Err(_) => Err(LimiterError::TimedOut),
+        }
     }
 }
 
@@ -256,9 +266,9 @@ async fn decide(
 /// ping precedes each batch (the shared pool pings on every acquire, one
 /// more round trip). A broken connection fails one batch and is replaced on
 /// the next.
-pub(crate) fn own_connection(db: &PgPool) -> PgPool {
+pub(crate) fn own_connections(db: &PgPool, n: u32) -> PgPool {
     sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(n)
         .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with((*db.connect_options()).clone())
