@@ -26,7 +26,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorResponse};
 use crate::lists;
-use crate::routes::{admin, audit, customers, health, keys, leads, me, orders, products};
+use crate::routes::{admin, audit, customers, health, keys, leads, me, orders, products, webhooks};
 use crate::state::AppState;
 
 /// Where the document is served. Under `/api/v1` but public: the
@@ -86,6 +86,16 @@ const JSON: &str = "application/json";
         orders::find,
         orders::update,
         orders::delete,
+        webhooks::create,
+        webhooks::list,
+        webhooks::find,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::rotate_secret,
+        webhooks::test,
+        webhooks::list_deliveries,
+        webhooks::retry_delivery,
+        webhooks::recover,
     ),
     components(schemas(ErrorResponse, Scope)),
     modifiers(&Layers),
@@ -99,6 +109,7 @@ const JSON: &str = "application/json";
         (name = "products"),
         (name = "leads"),
         (name = "orders"),
+        (name = "webhooks", description = "Subscriptions, their signing secrets, and the delivery log"),
     )
 )]
 struct ApiDoc;

@@ -58,6 +58,8 @@ const MAX_KEYS: u64 = 100_000;
 /// too; an hour is ample.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 const MAX_TOMBSTONES: u64 = 1_000_000;
+/// How long a lookup may take before the request is answered 503.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Key lookups this process has sent to PostgreSQL, for tests and the
 /// benchmark (a malformed key must never add to it).
@@ -250,16 +252,19 @@ struct KeyRow {
 
 async fn load(db: PgPool, hash: String) -> anyhow::Result<Lookup> {
     DATABASE_LOOKUPS.fetch_add(1, Ordering::Relaxed);
-    let row = sqlx::query_as::<_, KeyRow>(
+    let query = sqlx::query_as::<_, KeyRow>(
         "select k.id, k.tenant_id, t.name as tenant_name, k.label, k.key_start, k.scopes, \
                 k.expires_at, k.allowed_ips, k.rate_limit_per_minute, k.revoked_at \
          from api_keys k join tenants t on t.id = k.tenant_id \
          where k.key_hash = $1",
     )
     .bind(&hash)
-    .fetch_optional(&db)
-    .await
-    .context("failed to look up the API key")?;
+    .fetch_optional(&db);
+    // Authentication sits outside the request timeout: bound it here.
+    let row = tokio::time::timeout(LOOKUP_TIMEOUT, query)
+        .await
+        .context("the API key lookup timed out")?
+        .context("failed to look up the API key")?;
     let Some(row) = row else {
         return Ok(Lookup::Unknown);
     };

@@ -13,7 +13,6 @@
 //! reason these routes are not under the `Idempotency-Key` middleware,
 //! which keeps response bodies in plaintext to replay them.
 
-use axum::http::StatusCode;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chrono::{SubsecRound, Utc};
 use rand::RngCore;
@@ -63,11 +62,7 @@ fn seal(state: &AppState, secret: &str) -> ApiResult<String> {
 
 /// `POST /api/v1/webhooks`: `{url, events, description?}` or Zapier's
 /// REST Hooks `{target_url, event}`.
-pub async fn create(
-    state: &AppState,
-    caller: &Principal,
-    body: Body,
-) -> ApiResult<(StatusCode, CreatedWebhook)> {
+pub async fn create(state: &AppState, caller: &Principal, body: Body) -> ApiResult<CreatedWebhook> {
     let zapier = body.contains_key("target_url") || body.contains_key("event");
     let (url_field, events_field, known): (&str, &str, &[&str]) = if zapier {
         ("target_url", "event", &["target_url", "event"])
@@ -107,18 +102,15 @@ pub async fn create(
     )
     .await?
     .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new stream already exists")))?;
-    Ok((
-        StatusCode::CREATED,
-        CreatedWebhook {
-            id,
-            url: endpoint.url,
-            events: endpoint.events,
-            description: endpoint.description,
-            enabled: endpoint.enabled,
-            secret,
-            created_at: endpoint.meta.created_at,
-        },
-    ))
+    Ok(CreatedWebhook {
+        id,
+        url: endpoint.url,
+        events: endpoint.events,
+        description: endpoint.description,
+        enabled: endpoint.enabled,
+        secret,
+        created_at: endpoint.meta.created_at,
+    })
 }
 
 /// `PATCH /api/v1/webhooks/{id}`: `url`, `events`, `enabled`,
@@ -176,30 +168,16 @@ pub async fn delete(
     if_match: &IfMatch,
 ) -> ApiResult<()> {
     let id = path_id(id)?;
-    for _ in 0..ATTEMPTS {
-        let current = load(&state.db, caller.tenant_id, id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        if current.meta.deleted_at.is_some() {
-            return Ok(());
-        }
-        if_match.check(current.meta.version)?;
-        match append(
-            state,
-            caller,
-            id,
-            Some(current),
-            vec![WebhookEndpointDeleted {}.into()],
-            &[Uuid::now_v7()],
-        )
-        .await?
-        {
-            Some(_) => return Ok(()),
-            None if if_match.pins_version() => return Err(ApiError::PreconditionFailed),
-            None => continue,
-        }
+    let deleted = change(state, caller, id, if_match, |_| {
+        Ok(vec![WebhookEndpointDeleted {}.into()])
+    })
+    .await;
+    match deleted {
+        Ok(_) => Ok(()),
+        // Not live: deleted already (204 again), or not the tenant's (404).
+        Err(ApiError::NotFound) if load(&state.db, caller.tenant_id, id).await?.is_some() => Ok(()),
+        Err(e) => Err(e),
     }
-    Err(ApiError::Conflict)
 }
 
 /// `POST /api/v1/webhooks/{id}/rotate-secret`: a new secret; the current
