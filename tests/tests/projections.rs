@@ -1,8 +1,9 @@
 //! The four resource projections against real PostgreSQL: random histories
 //! appended through the event store, applied in batches of random sizes
 //! (as the consumer would), give rows that equal `Fold::from_events` of
-//! their streams; a batch applied twice, or an event that does not follow
-//! its row, fails loudly and writes nothing.
+//! their streams; a batch applied twice, or an event that does not fit its
+//! row, fails loudly and writes nothing; an event of an unknown type in a
+//! stream (skipped by the consumer) is no error.
 
 use jeanus_tests::histories::{self, Plan};
 use jeanus_tests::read_models::assert_read_models_match_log;
@@ -21,15 +22,17 @@ const RESOURCES: [Projection; 4] = [
     Projection::Orders,
 ];
 
+/// The log's events of the types this build knows, as the consumer hands
+/// them to the projections (it skips the others).
 async fn log(pool: &PgPool) -> Vec<(RecordedEvent, EventPayload)> {
     let events = store::read_after(pool, 0, i64::MAX)
         .await
         .expect("read the log");
     events
         .into_iter()
-        .map(|e| match e.decode().expect("decodes") {
-            Decoded::Known(payload) => (e, payload),
-            Decoded::Unknown => panic!("unknown type {}", e.event_type),
+        .filter_map(|e| match e.decode().expect("decodes") {
+            Decoded::Known(payload) => Some((e, payload)),
+            Decoded::Unknown => None,
         })
         .collect()
 }
@@ -178,7 +181,7 @@ async fn an_update_without_its_create_or_of_another_tenant_fails(pool: PgPool) {
 
     // The create never applied: the update has nothing to fold onto.
     let err = apply(&pool, &events[1..]).await.expect_err("no create");
-    assert!(format!("{err:#}").contains("skipped"), "{err:#}");
+    assert!(format!("{err:#}").contains("does not apply"), "{err:#}");
     assert_eq!(count(&pool, "leads").await, 0);
 
     // The same stream's update, claimed by another tenant.
@@ -213,4 +216,43 @@ async fn events_of_other_streams_leave_the_resource_tables_alone(pool: PgPool) {
     for table in ["customers", "products", "leads", "orders"] {
         assert_eq!(count(&pool, table).await, 0, "{table}");
     }
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn an_unknown_event_type_in_a_stream_leaves_a_version_hole_that_is_no_error(pool: PgPool) {
+    let store = EventStore::spawn(pool.clone());
+    let (tenant, id) = (Uuid::now_v7(), Uuid::now_v7());
+    append(&store, lead_stream(tenant, id), 0, new_lead("Sarah")).await;
+    // Written by a newer build: this one skips it.
+    let future = NewEvent {
+        id: Uuid::now_v7(),
+        event_type: "LeadArchived",
+        schema_version: 1,
+        occurred_at: chrono::Utc::now(),
+        metadata: Metadata::default(),
+        data: serde_json::json!({"reason": "stale"}),
+    };
+    store::append_in(
+        &pool,
+        lead_stream(tenant, id),
+        ExpectedVersion::Exact(1),
+        vec![future],
+    )
+    .await
+    .expect("append an unknown type");
+    append(&store, lead_stream(tenant, id), 2, rename("Sarah Patel")).await;
+
+    let events = log(&pool).await;
+    assert_eq!(events.len(), 2, "the unknown event is skipped");
+    apply(&pool, &events[..1]).await.expect("the create");
+    apply(&pool, &events[1..])
+        .await
+        .expect("the update, at version 3");
+    assert_eq!(lead_name(&pool, id).await, "Sarah Patel");
+    let version: i64 = sqlx::query_scalar("select version from leads where id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("the version");
+    assert_eq!(version, 3, "the stream's version, hole included");
 }

@@ -167,6 +167,8 @@ struct Results {
     /// Projecting the whole log from an empty checkpoint (one tenant, its
     /// key and the leads), with every event already in JetStream.
     catch_up_events: i64,
+    /// Transactions committed on the database meanwhile.
+    catch_up_transactions: i64,
     catch_up_s: f64,
     catch_up_events_per_s: f64,
     lists: Vec<ListLine>,
@@ -274,12 +276,16 @@ async fn measure_phases(
             thousands(args.leads as f64 / bulk_append_s)
         );
         wait_published(&api_config.nats_url, &api_config.nats_prefix.stream_name(), head).await?;
+        let commits_before = commits(pool).await?;
         let started = Instant::now();
         let projector = RunningProjector::start(projector_config);
         wait_projected(pool, head, Duration::from_secs(600)).await?;
         let catch_up_s = started.elapsed().as_secs_f64();
+        // Nothing else writes meanwhile, so these are (about) the
+        // projector's transactions.
+        let catch_up_transactions = commits(pool).await? - commits_before;
         eprintln!(
-            "leads: projected {head} events in {catch_up_s:.1} s ({} events/s)",
+            "leads: projected {head} events in {catch_up_s:.1} s ({} events/s, {catch_up_transactions} transactions)",
             thousands(head as f64 / catch_up_s)
         );
         // What autovacuum would do by itself in time: visibility map and
@@ -328,6 +334,7 @@ async fn measure_phases(
             bulk_append_s,
             bulk_appends_per_s: args.leads as f64 / bulk_append_s,
             catch_up_events: head,
+            catch_up_transactions,
             catch_up_s,
             catch_up_events_per_s: head as f64 / catch_up_s,
             lists,
@@ -459,6 +466,21 @@ async fn wait_published(nats_url: &str, stream: &str, head: i64) -> anyhow::Resu
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Transactions committed on the scratch database so far (as the
+/// statistics collector last reported them).
+async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("select pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(
+        "select xact_commit from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("failed to read the commit count")
 }
 
 async fn wait_projected(pool: &PgPool, position: i64, within: Duration) -> anyhow::Result<()> {
@@ -738,7 +760,7 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
     md.push_str(&format!(
         "One tenant with {} leads (bulk-appended through `EventStore` in {:.1} s, {} appends/s; \
          then projected from an empty checkpoint with every event already in JetStream: {} \
-         events in {:.1} s, **{} events/s**). One in-process api (pool of 32 connections) and \
+         events in {:.1} s, **{} events/s**, in about {} transactions). One in-process api (pool of 32 connections) and \
          projector; `vacuum (analyze) leads` before measuring. {} s measured after {} s warm-up, \
          closed loops, everything (PostgreSQL, NATS, api, projector, clients) on the same \
          machine.\n\n",
@@ -748,6 +770,7 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
         thousands(r.catch_up_events as f64),
         r.catch_up_s,
         thousands(r.catch_up_events_per_s),
+        thousands(r.catch_up_transactions as f64),
         window.measure.as_secs_f64(),
         window.warmup.as_secs_f64(),
     ));
