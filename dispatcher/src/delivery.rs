@@ -48,7 +48,7 @@ use crate::retry::{self, RetrySchedule};
 use crate::signing::{self, SigningKey};
 
 /// Requests in flight per endpoint, per dispatcher process.
-pub const PER_ENDPOINT: usize = 4;
+pub const PER_ENDPOINT: usize = 8;
 /// Requests in flight in all, per dispatcher process.
 pub const MAX_IN_FLIGHT: usize = 512;
 /// How long a claimed delivery is reserved for the worker that took it.
@@ -61,6 +61,9 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const EXCERPT_BYTES: usize = 1024;
 /// Most deliveries claimed in one statement.
 const MAX_CLAIM: i64 = 200;
+/// After a request finishes, how long the workers wait for others to
+/// finish before claiming again (unless new deliveries wake them).
+const COMPLETIONS_PAUSE: Duration = Duration::from_millis(2);
 /// Most attempts recorded in one statement.
 const MAX_RECORDS: usize = 500;
 /// How long shutdown waits for the requests in flight.
@@ -107,16 +110,15 @@ impl Workers {
         semaphore.try_acquire_owned().ok()
     }
 
-    /// Endpoints with no free slot, to leave out of the next claim; forgets
-    /// idle endpoints on the way.
-    fn busy_endpoints(&self) -> Vec<Uuid> {
+    /// The endpoints with requests in flight here and how many more each
+    /// may take now (0: leave it out of the next claim); forgets idle ones.
+    fn slot_usage(&self) -> (Vec<Uuid>, Vec<i64>) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.retain(|_, s| s.available_permits() < PER_ENDPOINT);
         slots
             .iter()
-            .filter(|(_, s)| s.available_permits() == 0)
-            .map(|(id, _)| *id)
-            .collect()
+            .map(|(id, s)| (*id, s.available_permits() as i64))
+            .unzip()
     }
 }
 
@@ -221,6 +223,14 @@ pub async fn run(workers: Arc<Workers>, wake: Arc<Notify>, shutdown: Cancellatio
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}
+            // A request finished, so a slot is free: claim again once a few
+            // more have (or new deliveries arrive), not once per request.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                tokio::select! {
+                    _ = tokio::time::sleep(COMPLETIONS_PAUSE) => {}
+                    _ = wake.notified() => {}
+                }
+            }
             _ = tokio::time::sleep(POLL) => {}
         }
     }
@@ -314,33 +324,49 @@ pub struct Claimed {
     pub secrets: serde_json::Value,
 }
 
-/// Claim up to `limit` due deliveries of enabled endpoints that are not at
-/// their cap here, leasing them.
+/// Claim up to `limit` due deliveries of enabled endpoints, no more per
+/// endpoint than it has free slots here, leasing them.
 async fn claim(workers: &Workers, limit: i64) -> anyhow::Result<Vec<Claimed>> {
-    let busy = workers.busy_endpoints();
+    let (used, free) = workers.slot_usage();
     sqlx::query_as::<_, Claimed>(
-        "with due as (
+        // Every lookup is an index probe whatever the statistics: a plan
+        // cached while the table was empty (sqlx prepares statements, and
+        // PostgreSQL switches to a generic plan) must not scan it per row.
+        "with due as materialized (
+             -- Each live endpoint's oldest due deliveries, no more than its
+             -- free slots here, so that one endpoint's backlog never hides
+             -- another's (index webhook_deliveries_due_by_endpoint).
              select d.id
-               from webhook_deliveries d
-               join webhook_endpoints e on e.id = d.endpoint_id
-              where d.status = 'pending'
-                and d.next_attempt_at <= now()
-                and e.enabled and e.deleted_at is null
-                and d.endpoint_id <> all($2)
+               from webhook_endpoints e
+              cross join lateral (
+                  select x.id, x.next_attempt_at
+                    from webhook_deliveries x
+                   where x.endpoint_id = e.id
+                     and x.status = 'pending' and x.next_attempt_at <= now()
+                   order by x.next_attempt_at
+                   limit coalesce(
+                       (select u.free
+                          from unnest($2::uuid[], $5::bigint[]) as u(endpoint_id, free)
+                         where u.endpoint_id = e.id),
+                       $4)
+                     for update of x skip locked
+              ) d
+              where e.enabled and e.deleted_at is null
               order by d.next_attempt_at
               limit $1
-                for update of d skip locked
          )
          update webhook_deliveries d
             set next_attempt_at = now() + make_interval(secs => $3)
-           from due, webhook_endpoints e
-          where d.id = due.id and e.id = d.endpoint_id
+           from webhook_endpoints e
+          where d.id = any(array(select id from due)) and e.id = d.endpoint_id
          returning d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempts, d.payload,
                    e.url, e.secrets",
     )
     .bind(limit)
-    .bind(&busy)
+    .bind(&used)
     .bind(LEASE.as_secs_f64())
+    .bind(PER_ENDPOINT as i64)
+    .bind(&free)
     .fetch_all(&workers.pool)
     .await
     .context("failed to claim due deliveries")
@@ -678,7 +704,7 @@ async fn record(pool: &PgPool, batch: &[Record]) -> anyhow::Result<()> {
                 last_attempt_at = o.at,
                 next_attempt_at = coalesce(o.next_at, d.next_attempt_at)
            from o
-          where d.id = o.delivery_id and d.status = 'pending'",
+          where d.id = any($2) and d.id = o.delivery_id and d.status = 'pending'",
     )
     .bind(&ids)
     .bind(&delivery)

@@ -27,7 +27,6 @@ use async_nats::jetstream::{
     consumer::{pull, AckPolicy, DeliverPolicy},
 };
 use backoff::{backoff::Backoff, ExponentialBackoff};
-use chrono::Utc;
 use futures::{FutureExt as _, StreamExt as _};
 use schema::envelope::RecordedEvent;
 use schema::nats::Names;
@@ -221,6 +220,9 @@ async fn consume(
         .context("failed to start pulling events from JetStream")?;
     let mut leader_check = tokio::time::interval(LEADER_CHECK);
     leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The projector's position as last seen: it only grows, so a batch at
+    // or below it needs no query.
+    let mut projected_at = 0;
     loop {
         let first = tokio::select! {
             biased;
@@ -242,7 +244,7 @@ async fn consume(
             }
         }
         let last = batch.last().map_or(0, |e| e.position);
-        if !wait_for_projector(pool, projected, last, shutdown).await? {
+        if !wait_for_projector(pool, projected, &mut projected_at, last, shutdown).await? {
             return Ok(());
         }
         let created = take_batch(pool, &batch).await?;
@@ -275,24 +277,39 @@ fn receive(
 }
 
 /// Wait until every read model (the webhook endpoints among them) is up to
-/// date through `position`. `false` on shutdown.
+/// date through `position`; `known` is the position last seen, raised as
+/// the wait learns more. `false` on shutdown.
 async fn wait_for_projector(
     pool: &PgPool,
     projected: &mut PgListener,
+    known: &mut i64,
     position: i64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
+    // Notifications that came meanwhile, without waiting.
+    while let Ok(Some(n)) = projected.try_recv().now_or_never().transpose() {
+        if let Some(n) = n {
+            *known = (*known).max(n.payload().trim().parse().unwrap_or(0));
+        }
+    }
     loop {
+        if *known >= position {
+            return Ok(true);
+        }
         let at: i64 = sqlx::query_scalar("select jeanus_projected_position()")
             .fetch_one(pool)
             .await
             .context("failed to read the projector's position")?;
-        if at >= position {
+        *known = (*known).max(at);
+        if *known >= position {
             return Ok(true);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(false),
-            n = projected.recv() => { n.context("lost the projector's notifications")?; }
+            n = projected.recv() => {
+                let n = n.context("lost the projector's notifications")?;
+                *known = (*known).max(n.payload().trim().parse().unwrap_or(0));
+            }
             _ = tokio::time::sleep(PROJECTED_POLL) => {}
         }
     }
@@ -306,59 +323,88 @@ struct Match {
     events: Vec<String>,
 }
 
-/// Create the batch's deliveries and advance the checkpoint, in one
-/// transaction. Returns how many deliveries were created.
+/// Create the batch's deliveries and advance the checkpoint, atomically.
+/// Returns how many deliveries were created.
+///
+/// Reads first (the matching endpoints, then the streams of the matched
+/// events, to build the bodies), then writes in one statement: it locks the
+/// checkpoint row, refuses a gap (an event beyond checkpoint + 1: nothing is
+/// written), inserts the deliveries of the events past the checkpoint and
+/// raises the checkpoint. Four round trips at most, whatever the batch holds.
 async fn take_batch(pool: &PgPool, batch: &[RecordedEvent]) -> anyhow::Result<u64> {
-    let mut tx = pool.begin().await.context("failed to begin")?;
-    let checkpoint: i64 =
-        sqlx::query_scalar("select position from dispatcher_checkpoint where name = $1 for update")
-            .bind(CHECKPOINT)
-            .fetch_one(&mut *tx)
-            .await
-            .context("failed to lock the dispatcher's checkpoint")?;
-
-    let fresh: Vec<&RecordedEvent> = batch.iter().filter(|e| e.position > checkpoint).collect();
-    let Some(last) = fresh.last().map(|e| e.position) else {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return Ok(0);
     };
-    if let Some(first) = fresh.first() {
-        anyhow::ensure!(
-            first.position == checkpoint + 1,
-            "gap: the event after the checkpoint {checkpoint} came as {}",
-            first.position
-        );
-    }
-    let public: Vec<(&RecordedEvent, &'static str)> = fresh
+    let public: Vec<(&RecordedEvent, &'static str)> = batch
         .iter()
-        .filter_map(|e| webhooks::public_type(&e.event_type).map(|t| (*e, t)))
+        .filter_map(|e| webhooks::public_type(&e.event_type).map(|t| (e, t)))
         .collect();
-
-    let mut created = 0;
-    if !public.is_empty() {
-        created = create_deliveries(&mut tx, &public).await?;
-    }
-    sqlx::query("update dispatcher_checkpoint set position = $2 where name = $1")
-        .bind(CHECKPOINT)
-        .bind(last)
-        .execute(&mut *tx)
-        .await
-        .context("failed to advance the dispatcher's checkpoint")?;
+    let rows = if public.is_empty() {
+        DeliveryRows::default()
+    } else {
+        delivery_rows(pool, &public).await?
+    };
+    let (checkpoint, created): (i64, i64) = sqlx::query_as(
+        "with cp as (
+             select position from dispatcher_checkpoint where name = $1 for update
+         ), d as (
+             select * from unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::uuid[], $8::bigint[],
+                                  $9::text[], $10::jsonb[])
+                 as d(id, tenant_id, endpoint_id, event_id, event_position, event_type, payload)
+         ), ins as (
+             insert into webhook_deliveries
+                 (id, tenant_id, endpoint_id, event_id, event_position, event_type, payload,
+                  status, attempts, next_attempt_at)
+             select d.id, d.tenant_id, d.endpoint_id, d.event_id, d.event_position,
+                    d.event_type, d.payload, 'pending', 0, now()
+               from d, cp
+              where cp.position >= $2 - 1 and d.event_position > cp.position
+             on conflict (endpoint_id, event_id) do nothing
+             returning 1
+         ), up as (
+             update dispatcher_checkpoint c set position = $3
+               from cp
+              where c.name = $1 and cp.position >= $2 - 1 and cp.position < $3
+         )
+         select cp.position, (select count(*) from ins) from cp",
+    )
+    .bind(CHECKPOINT)
+    .bind(first.position)
+    .bind(last.position)
+    .bind(&rows.id)
+    .bind(&rows.tenant)
+    .bind(&rows.endpoint)
+    .bind(&rows.event)
+    .bind(&rows.position)
+    .bind(&rows.event_type)
+    .bind(&rows.payload)
+    .fetch_one(pool)
+    .await
+    .context("failed to write deliveries and the checkpoint")?;
+    anyhow::ensure!(
+        checkpoint >= first.position - 1,
+        "gap: the event after the checkpoint {checkpoint} came as {}",
+        first.position
+    );
+    let created = u64::try_from(created).unwrap_or(0);
     if created > 0 {
         sqlx::query("select pg_notify($1, $2)")
             .bind(DELIVERIES_CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
+            .bind(last.position.to_string())
+            .execute(pool)
             .await
             .context("failed to notify the workers")?;
     }
-    tx.commit().await.context("failed to commit deliveries")?;
     Ok(created)
 }
 
-async fn create_deliveries(
-    tx: &mut PgConnection,
+/// The deliveries `public` events owe: one row per matching endpoint, with
+/// the event's body.
+async fn delivery_rows(
+    pool: &PgPool,
     public: &[(&RecordedEvent, &'static str)],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<DeliveryRows> {
+    let mut rows = DeliveryRows::default();
     let tenants: Vec<Uuid> = public
         .iter()
         .map(|(e, _)| e.tenant_id)
@@ -370,11 +416,11 @@ async fn create_deliveries(
           where tenant_id = any($1) and enabled and deleted_at is null",
     )
     .bind(&tenants)
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await
     .context("failed to read the webhook endpoints")?;
     if endpoints.is_empty() {
-        return Ok(0);
+        return Ok(rows);
     }
 
     // Which endpoints each event goes to.
@@ -397,7 +443,7 @@ async fn create_deliveries(
         }
     }
     if targets.is_empty() {
-        return Ok(0);
+        return Ok(rows);
     }
 
     // The bodies, from each stream as it was at its event.
@@ -410,7 +456,7 @@ async fn create_deliveries(
         .collect();
     let mut streams: HashMap<Uuid, Vec<RecordedEvent>> = HashMap::new();
     if !stream_ids.is_empty() {
-        for e in schema::store::read_streams(&mut *tx, &stream_ids)
+        for e in schema::store::read_streams(pool, &stream_ids)
             .await
             .context("failed to read the events' streams")?
         {
@@ -418,8 +464,6 @@ async fn create_deliveries(
         }
     }
 
-    let now = Utc::now();
-    let mut rows = DeliveryRows::default();
     for (event, public_type, ids) in targets {
         let stream = streams.get(&event.stream_id).map_or(&[][..], Vec::as_slice);
         let body = match webhooks::body(event, stream) {
@@ -440,29 +484,7 @@ async fn create_deliveries(
             rows.payload.push(body.clone());
         }
     }
-    let result = sqlx::query(
-        "insert into webhook_deliveries
-             (id, tenant_id, endpoint_id, event_id, event_position, event_type, payload,
-              status, attempts, next_attempt_at)
-         select d.id, d.tenant_id, d.endpoint_id, d.event_id, d.event_position, d.event_type,
-                d.payload, 'pending', 0, $8
-           from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[],
-                       $6::text[], $7::jsonb[])
-                as d(id, tenant_id, endpoint_id, event_id, event_position, event_type, payload)
-         on conflict (endpoint_id, event_id) do nothing",
-    )
-    .bind(&rows.id)
-    .bind(&rows.tenant)
-    .bind(&rows.endpoint)
-    .bind(&rows.event)
-    .bind(&rows.position)
-    .bind(&rows.event_type)
-    .bind(&rows.payload)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .context("failed to insert deliveries")?;
-    Ok(result.rows_affected())
+    Ok(rows)
 }
 
 #[derive(Default)]

@@ -33,11 +33,16 @@ const MAX_OPS_CONNECTIONS: u32 = 12;
 /// hole: a lost intake batch loses its checkpoint too and is read again from
 /// JetStream; a lost attempt record leaves the delivery leased, so it is
 /// sent again (at least once, as promised). Events are never written
-/// through it (the event store keeps its own pool, durable).
+/// through it (the event store keeps its own pool, durable). Statements are
+/// planned for their parameters each time (`plan_cache_mode`), as the
+/// delivery tables grow from empty to large within minutes.
 fn operational_pool(db: &sqlx::PgPool) -> sqlx::PgPool {
-    let options = (*db.connect_options())
-        .clone()
-        .options([("synchronous_commit", "off")]);
+    let options = (*db.connect_options()).clone().options([
+        ("synchronous_commit", "off"),
+        // These tables start empty and grow fast: a generic plan cached
+        // on the empty table would scan it in full forever after.
+        ("plan_cache_mode", "force_custom_plan"),
+    ]);
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(MAX_OPS_CONNECTIONS)
         .connect_lazy_with(options)

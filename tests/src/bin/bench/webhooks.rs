@@ -75,6 +75,8 @@ struct Results {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The healthy receiver's p99 with a hanging and a failing one beside it.
+    faulty_p99_ms: f64,
     events: usize,
     deliveries: u64,
     deliveries_per_s: f64,
@@ -131,7 +133,11 @@ async fn measure(database_url: &str, args: &Args, window: Window) -> anyhow::Res
 
     let result = async {
         let caller = Caller::new(&client, &api.base).await?;
-        let (changes, refused, received, latency) = latency_phase(&caller, args, window).await?;
+        let (changes, refused, received, latency) =
+            latency_phase(&caller, args, window, false).await?;
+        // Again with faulty receivers beside the healthy one (the first
+        // phase's receiver is gone too: its endpoint now fails fast).
+        let (_, _, _, faulty) = latency_phase(&caller, args, window, true).await?;
         let (events, deliveries, per_s) = throughput_phase(&caller, args, window).await?;
         anyhow::Ok(Results {
             changes,
@@ -140,6 +146,7 @@ async fn measure(database_url: &str, args: &Args, window: Window) -> anyhow::Res
             p50_ms: latency.value_at_quantile(0.5) as f64 / 1000.0,
             p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
             max_ms: latency.max() as f64 / 1000.0,
+            faulty_p99_ms: faulty.value_at_quantile(0.99) as f64 / 1000.0,
             events,
             deliveries,
             deliveries_per_s: per_s,
@@ -247,16 +254,29 @@ impl Caller {
 }
 
 /// Open loop at `--rate` stage changes per second through the window; the
-/// latency of each from its PATCH's answer to its receipt.
+/// latency of each from its PATCH's answer to its receipt by a healthy
+/// subscriber (with a hanging and a failing one beside it when `faulty`).
 async fn latency_phase(
     caller: &Caller,
     args: &Args,
     window: Window,
+    faulty: bool,
 ) -> anyhow::Result<(u64, u64, u64, Histogram<u64>)> {
     let receiver = Receiver::start().await;
     caller
         .subscribe(&receiver.url, "lead.stage_changed")
         .await?;
+    // With `faulty`, two more subscribers: one that never answers and one
+    // that always fails (retried on the default schedule).
+    let mut faults = Vec::new();
+    if faulty {
+        for behaviour in [Behaviour::Hang, Behaviour::Status(500)] {
+            let fault = Receiver::start().await;
+            fault.set(behaviour);
+            caller.subscribe(&fault.url, "lead.stage_changed").await?;
+            faults.push(fault);
+        }
+    }
     let mut leads = Vec::with_capacity(LEADS);
     for i in 0..LEADS {
         leads.push(caller.create_lead(&format!("Lead {i}"), "").await?);
@@ -274,7 +294,7 @@ async fn latency_phase(
     let mut tick = 0usize;
     while started.elapsed() < window.measure {
         let lead = leads[tick % LEADS];
-        let stage = if (tick / LEADS) % 2 == 0 {
+        let stage = if (tick / LEADS).is_multiple_of(2) {
             "contacted"
         } else {
             "qualified"
@@ -399,7 +419,8 @@ fn section(r: &Results, args: &Args) -> Section {
         "## webhooks\n\n\
          End to end (PATCH answered → receiver got it) at {rate} stage changes/s: \
          {changes} changes answered 200 ({refused} refused by the api), {received} received; p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms \
-         (goal p99 ≤ {GOAL_P99_MS} ms {m1}).\n\n\
+         (goal p99 ≤ {GOAL_P99_MS} ms {m1}). The same with a hanging and a failing \
+         receiver subscribed too: the healthy one's p99 {faulty:.1} ms ({rise:+.0} %; goal ≤ +10 % {m3}).\n\n\
          Sustained: {events} lead.created events × {endpoints} endpoints (receivers answer in {ms} ms, \
          ~1 KiB bodies): {deliveries} deliveries, {per_s} deliveries/s \
          (goal ≥ {goal} {m2}).\n",
@@ -411,6 +432,9 @@ fn section(r: &Results, args: &Args) -> Section {
         p99 = r.p99_ms,
         max = r.max_ms,
         m1 = mark(r.p99_ms <= GOAL_P99_MS && r.received == r.changes),
+        faulty = r.faulty_p99_ms,
+        rise = (r.faulty_p99_ms / r.p99_ms.max(1e-3) - 1.0) * 100.0,
+        m3 = mark(r.faulty_p99_ms <= r.p99_ms * 1.1),
         events = r.events,
         endpoints = args.endpoints,
         ms = args.receiver_ms,
@@ -427,6 +451,7 @@ fn section(r: &Results, args: &Args) -> Section {
         "p50_ms": r.p50_ms,
         "p99_ms": r.p99_ms,
         "max_ms": r.max_ms,
+        "faulty_p99_ms": r.faulty_p99_ms,
         "events": r.events,
         "endpoints": args.endpoints,
         "deliveries": r.deliveries,
