@@ -45,23 +45,31 @@ impl RetrySchedule {
     }
 }
 
-/// The delay after a failure, honouring the receiver's `Retry-After` (seconds
-/// or an HTTP date; only sent with 429 and 503 matter) within
-/// [`scheduled`, [`MAX_RETRY_AFTER`]]: a receiver may ask for more time, never
-/// for less than the schedule, nor for more than an hour.
+/// How long a receiver asked for with `Retry-After` (seconds or an HTTP
+/// date; it only counts with 429 and 503), at most [`MAX_RETRY_AFTER`].
+pub fn retry_after(
+    status: Option<u16>,
+    retry_after: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    if !matches!(status, Some(429 | 503)) {
+        return None;
+    }
+    retry_after
+        .and_then(|v| parse_retry_after(v, now))
+        .map(|asked| asked.min(MAX_RETRY_AFTER))
+}
+
+/// The delay after a failure, honouring the receiver's [`retry_after`]
+/// within [`scheduled`, [`MAX_RETRY_AFTER`]]: a receiver may ask for more
+/// time, never for less than the schedule, nor for more than an hour.
 pub fn with_retry_after(
     scheduled: Duration,
     status: Option<u16>,
     retry_after: Option<&str>,
     now: DateTime<Utc>,
 ) -> Duration {
-    if !matches!(status, Some(429 | 503)) {
-        return scheduled;
-    }
-    let Some(asked) = retry_after.and_then(|v| parse_retry_after(v, now)) else {
-        return scheduled;
-    };
-    asked.clamp(scheduled, MAX_RETRY_AFTER.max(scheduled))
+    self::retry_after(status, retry_after, now).map_or(scheduled, |asked| asked.max(scheduled))
 }
 
 /// `120` or `Wed, 21 Oct 2015 07:28:00 GMT` → how long from `now`.
@@ -140,6 +148,22 @@ mod tests {
         assert_eq!(with_retry_after(five, Some(500), Some("120"), now), five);
         assert_eq!(with_retry_after(five, Some(429), Some("soon"), now), five);
         assert_eq!(with_retry_after(five, Some(429), None, now), five);
+    }
+
+    #[test]
+    fn what_a_receiver_asks_for_is_bounded_and_only_read_on_429_and_503() {
+        let now = Utc::now();
+        assert_eq!(
+            retry_after(Some(429), Some("30"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after(Some(503), Some("86400"), now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after(Some(500), Some("30"), now), None);
+        assert_eq!(retry_after(Some(429), Some("later"), now), None);
+        assert_eq!(retry_after(None, None, now), None);
     }
 
     #[test]
