@@ -448,3 +448,71 @@ async fn a_test_request_is_delivered_to_its_own_endpoint_only(pool: PgPool) {
 
     stack.shutdown().await;
 }
+
+/// `(status, attempts)` of every delivery to an endpoint.
+async fn delivery_attempts(pool: &PgPool, endpoint: Uuid) -> Vec<(String, i32)> {
+    sqlx::query_as("select status, attempts from webhook_deliveries where endpoint_id = $1")
+        .bind(endpoint)
+        .fetch_all(pool)
+        .await
+        .expect("the deliveries")
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn a_failing_endpoint_gets_probes_not_every_event_and_its_backlog_once_it_recovers(
+    pool: PgPool,
+) {
+    let env = TestEnv::new(pool.clone()).await;
+    let stack = stack_with(
+        &env,
+        "300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms",
+        true,
+    )
+    .await;
+    let acme = Tenant::new(&stack, "Acme").await;
+    let receiver = Receiver::start().await;
+    receiver.set(Behaviour::Status(500));
+    let (endpoint, _) = subscribe(&acme, &receiver.url, &["lead.created"]).await;
+
+    const EVENTS: usize = 20;
+    for i in 0..EVENTS {
+        create_lead(&acme, &format!("Lead {i}")).await;
+    }
+    eventually("every delivery to be created", WITHIN, || async {
+        (delivery_attempts(&pool, endpoint).await.len() == EVENTS).then_some(())
+    })
+    .await;
+    // The circuit opened after a few failures: deliveries wait, untried,
+    // instead of each costing the dispatcher a request.
+    let held = eventually("the circuit to hold deliveries back", WITHIN, || async {
+        let deliveries = delivery_attempts(&pool, endpoint).await;
+        let untried = deliveries.iter().filter(|(_, a)| *a == 0).count();
+        (untried > 0).then_some(untried)
+    })
+    .await;
+    assert!(
+        receiver.requests().len() < EVENTS,
+        "{} requests for {EVENTS} events ({held} untried)",
+        receiver.requests().len()
+    );
+
+    receiver.set(Behaviour::Ok);
+    let done = eventually("the backlog to be delivered", WITHIN, || async {
+        let deliveries = delivery_attempts(&pool, endpoint).await;
+        deliveries
+            .iter()
+            .all(|(status, _)| status == "delivered")
+            .then_some(deliveries)
+    })
+    .await;
+    assert_eq!(done.len(), EVENTS);
+    let delivered: std::collections::HashSet<String> = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.answered == Some(200))
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(delivered.len(), EVENTS, "every event reached the receiver");
+
+    stack.shutdown().await;
+}

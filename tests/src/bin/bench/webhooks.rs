@@ -97,6 +97,8 @@ struct Phase {
     latency: Histogram<u64>,
     /// CPU time the dispatcher process used during the phase's load.
     dispatcher_cpu: Duration,
+    /// Requests the hanging and the failing receivers got.
+    faulty_requests: usize,
 }
 
 impl Phase {
@@ -483,6 +485,7 @@ async fn latency_phase(
             received += 1;
         }
     }
+    let faulty_requests = faults.iter().map(|f| f.requests().len()).sum();
     for endpoint in endpoints {
         caller.unsubscribe(endpoint).await?;
     }
@@ -493,6 +496,7 @@ async fn latency_phase(
         received,
         latency,
         dispatcher_cpu,
+        faulty_requests,
     })
 }
 
@@ -582,7 +586,7 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
     let mut rows = String::new();
     for (i, p) in r.phases.iter().enumerate() {
         rows.push_str(&format!(
-            "| {round} | {kind} | {changes} | {refused} | {received} | {p50:.1} | {p99:.1} | {max:.1} | {cpu:.2} |\n",
+            "| {round} | {kind} | {changes} | {refused} | {received} | {p50:.1} | {p99:.1} | {max:.1} | {cpu:.2} | {bad} |\n",
             round = i / 2 + 1,
             kind = if p.faulty { "+ hanging + failing" } else { "healthy only" },
             changes = p.changes,
@@ -592,6 +596,7 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
             p99 = p.ms(0.99),
             max = p.latency.max() as f64 / 1000.0,
             cpu = p.dispatcher_cpu.as_secs_f64(),
+            bad = p.faulty_requests,
         ));
     }
     let markdown = format!(
@@ -600,8 +605,8 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
          {seconds:.0} s measured after {warmup:.0} s of warm-up per phase; in the faulty phases a hanging \
          and a failing (500) receiver are subscribed too, and the dispatcher delivers to them \
          at the same time:\n\n\
-         | round | receivers | changes | refused | received | p50 ms | p99 ms | max ms | dispatcher CPU s |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n\
+         | round | receivers | changes | refused | received | p50 ms | p99 ms | max ms | dispatcher CPU s | requests to the bad receivers |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n\
          {rows}\n\
          All healthy phases: p50 {hp50:.1} ms, p99 {healthy_p99:.1} ms (goal p99 ≤ {GOAL_P99_MS} ms {m1}). \
          All faulty phases: the healthy receiver's p50 {fp50:.1} ms, p99 {faulty_p99:.1} ms \
@@ -644,6 +649,7 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
                 "p99_ms": p.ms(0.99),
                 "max_ms": p.latency.max() as f64 / 1000.0,
                 "dispatcher_cpu_s": p.dispatcher_cpu.as_secs_f64(),
+                "faulty_requests": p.faulty_requests,
             })
         })
         .collect();
