@@ -4,9 +4,11 @@
 //! A key never gets more than its `rate_limit_per_minute` requests accepted
 //! in any window (60 s; `JEANUS_RATE_LIMIT_WINDOW` shortens it for tests),
 //! and a client that stays under the limit is never refused. The state is a
-//! ring of the last `limit` accepted request times per key, and a decision
-//! is O(1) amortised: `jeanus_rate_limit` in
-//! `schema/migrations/0004_audit_and_rate_limit.sql` has the details. Every
+//! ring of the last `limit` accepted request times per key. A decision
+//! writes one slot and reads none while the key's oldest request is still
+//! in the window, and O(log n) slots when it has left, however long the key
+//! was idle: `jeanus_rate_limit` in
+//! `schema/migrations/0013_rate_limit_set_based.sql` has the details. Every
 //! instance funnels its decisions through one [`Batcher`]: one round trip
 //! for all the requests that arrived meanwhile. Time is PostgreSQL's clock,
 //! the one clock every instance shares.
@@ -34,9 +36,13 @@ use crate::error::ApiError;
 
 /// Decisions one batch carries at most.
 const MAX_BATCH: usize = 1024;
-/// Batches in flight at once (each on its own connection): a request waits
-/// for about one batch's decisions instead of one and a half.
-const IN_FLIGHT: usize = 2;
+/// Batches in flight at once (each on its own connection). One: a second
+/// batch in flight gathers while the first runs, which saves a waiting
+/// request half a round trip but halves the batches, and PostgreSQL's CPU
+/// goes mostly to the per-batch work. `scripts/bench auth` measured, with
+/// two in flight, 6,424 `/api/v1/me` req/s at 128 µs of PostgreSQL CPU per
+/// request; with one, 8,554 req/s at 71 µs (BENCHMARKS.md).
+const IN_FLIGHT: usize = 1;
 /// How long a request waits for its decision before it is answered 503
 /// (the limiter sits outside the request timeout).
 const DECISION_TIMEOUT: Duration = Duration::from_secs(10);
