@@ -6,7 +6,7 @@
 use schema::events::{
     stream_types, CustomerCreated, CustomerDeleted, CustomerUpdated, EventPayload,
 };
-use schema::resources::{Customer, Meta};
+use schema::resources::Customer;
 use utoipa::ToSchema;
 
 use crate::lists::customers::CustomersQuery;
@@ -27,10 +27,6 @@ impl Resource for Customer {
         Field::optional("notes", Kind::Text { max: MAX_NOTES }),
     ];
     type View = CustomerView;
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 
     fn created(fields: Body) -> serde_json::Result<EventPayload> {
         serde_json::from_value::<CustomerCreated>(fields.into()).map(Into::into)

@@ -11,7 +11,7 @@
 use schema::events::{
     stream_types, EventPayload, LeadCreated, LeadDeleted, LeadStage, LeadStageChanged, LeadUpdated,
 };
-use schema::resources::{Lead, Meta};
+use schema::resources::Lead;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -56,10 +56,6 @@ impl Resource for Lead {
     ];
     const TRANSITION: Option<&'static str> = Some("stage");
     type View = LeadView;
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 
     fn created(fields: Body) -> serde_json::Result<EventPayload> {
         serde_json::from_value::<LeadCreated>(fields.into()).map(Into::into)

@@ -21,7 +21,7 @@ use schema::events::{
     stream_types, EventPayload, OrderCreated, OrderDeleted, OrderItem, OrderStatus,
     OrderStatusChanged, OrderUpdated,
 };
-use schema::resources::{Customer, Meta, Order, Product};
+use schema::resources::{Customer, Order, Product};
 use serde_json::Value;
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -51,10 +51,6 @@ impl Resource for Order {
     ];
     const TRANSITION: Option<&'static str> = Some("status");
     type View = OrderView;
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 
     fn created(fields: Body) -> serde_json::Result<EventPayload> {
         serde_json::from_value::<OrderCreated>(fields.into()).map(Into::into)
