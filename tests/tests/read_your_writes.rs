@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jeanus_tests::seed::{self, create};
 use jeanus_tests::stack::{send, MintedKey};
-use jeanus_tests::{spawn_stack, Stack, TestEnv};
+use jeanus_tests::{spawn_stack, spawn_stack_with, Stack, TestEnv};
 use reqwest::{Method, StatusCode};
 use schema::events::LeadStage;
 use schema::store::EventStore;
@@ -41,7 +41,7 @@ const LEADS_PER_WRITER: usize = 4;
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(pool: PgPool) {
     let env = TestEnv::new(pool).await;
-    let stack = spawn_stack(&env).await;
+    let stack = spawn_stack_with(&env, |c| c.read_catch_up_timeout = PATIENT).await;
     let key = tenant(&stack).await;
 
     let mut tasks = Vec::new();
@@ -97,6 +97,12 @@ async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(poo
     stack.shutdown().await;
 }
 
+/// How long a list may wait for the projector where a test checks that it
+/// waits: far beyond the pipeline's latency even on a loaded machine (the
+/// production bound, 2 s, is not: the test would then flake on a slow run
+/// rather than catch a list that does not wait, which answers at once).
+const PATIENT: Duration = Duration::from_secs(30);
+
 /// Appended straight to the log, as another api instance (or a write whose
 /// settle timed out) would: nothing waited for the projection. Listed at
 /// once, twenty times over, the lead is always there; without the list's
@@ -105,7 +111,7 @@ async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(poo
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn a_list_waits_for_the_tenants_last_event_even_one_the_api_never_settled(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
-    let stack = spawn_stack(&env).await;
+    let stack = spawn_stack_with(&env, |c| c.read_catch_up_timeout = PATIENT).await;
     let key = tenant(&stack).await;
     let store = EventStore::spawn(pool.clone());
 
@@ -133,7 +139,8 @@ async fn a_list_waits_for_the_tenants_last_event_even_one_the_api_never_settled(
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn with_the_projector_down_a_list_answers_stale_after_a_bounded_wait(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
-    let mut stack = spawn_stack(&env).await;
+    let bound = Duration::from_millis(500);
+    let mut stack = spawn_stack_with(&env, |c| c.read_catch_up_timeout = bound).await;
     let key = tenant(&stack).await;
     let store = EventStore::spawn(pool.clone());
     let (kept, _) = create(
@@ -163,10 +170,9 @@ async fn with_the_projector_down_a_list_answers_stale_after_a_bounded_wait(pool:
         vec![kept.to_string()],
         "what is projected so far"
     );
-    assert!(
-        waited >= api::consistency::READ_CATCH_UP_TIMEOUT && waited < Duration::from_secs(5),
-        "waited {waited:?}"
-    );
+    // It waited its bound, then answered: bounded, however loaded the
+    // machine (the upper limit only catches a wait that never ends).
+    assert!(waited >= bound && waited < PATIENT, "waited {waited:?}");
     stack.restart_projector();
     stack.shutdown().await;
 }
