@@ -183,6 +183,7 @@ pub async fn run(
     let relay = schema::relay::spawn(db.clone(), js.clone(), names.clone(), stop_relay.clone());
     let stop_watcher = CancellationToken::new();
     let (projected, watcher) = consistency::Projected::spawn(db.clone(), stop_watcher.clone());
+    let projected = projected.with_read_timeout(config.read_catch_up_timeout);
     let keys = auth::authenticate::KeyCache::new(db.clone());
     let revocations = keys.watch_revocations(&nats, &names).await?;
     let limiter = ratelimit::RateLimiter::spawn(&db, config.rate_limit_window);
