@@ -43,7 +43,7 @@ async fn insert_key(
     .bind(event.tenant_id)
     .bind(&minted.label)
     .bind(&scopes)
-    .bind(&minted.key_hash)
+    .bind(&minted.key_sha256)
     .bind(&minted.key_start)
     .bind(minted.expires_at)
     .bind(&allowed_ips)
@@ -119,7 +119,7 @@ mod tests {
             stream_id: key_id,
             stream_version: version,
             event_type: payload.event_type().to_owned(),
-            schema_version: 1,
+            schema_version: payload.schema_version(),
             occurred_at: at,
             metadata: Metadata::default(),
             data: payload.to_data(),
@@ -130,7 +130,7 @@ mod tests {
         EventPayload::from(KeyMinted {
             label: "zapier".into(),
             scopes: vec![Scope::Read, Scope::Write],
-            key_hash: "ab".repeat(32),
+            key_sha256: "ab".repeat(32),
             key_start: "jns_live_a1b2".into(),
             expires_at: None,
             allowed_ips: vec![
