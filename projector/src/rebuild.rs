@@ -7,18 +7,23 @@
 //!    with its primary key only. Whatever a crashed rebuild left is dropped
 //!    first. One rebuild at a time: the session advisory lock
 //!    `jeanus.rebuild`.
-//! 2. **Load**: the log up to its head at the start, read in keyset pages
-//!    of [`DEFAULT_PAGE_SIZE`] events by position, only the stream types of
-//!    the projections rebuilt (`pages`), the next page read while the
-//!    current one is applied. Each page is applied by the projections' own
-//!    code ([`Projection::apply_into`]: the live path's batch step, aimed at
-//!    the fresh table), one transaction per page, committed with
-//!    `synchronous_commit = off`: nothing reads these tables, and a crash
-//!    throws them away anyway.
+//! 2. **Load**: the log up to its head at the start, only the stream types
+//!    of the projections rebuilt, read **stream by stream** (keyset pages of
+//!    about [`DEFAULT_PAGE_SIZE`] events on the log's `(stream_id,
+//!    stream_version)` index, cut at stream boundaries: `pages`), the next
+//!    page read while the current one is applied. Every read-model row is
+//!    the fold of its own stream, so stream order builds the same rows as
+//!    position order, but each row is folded in memory and inserted once,
+//!    never read back and rewritten by a later page. Each page is applied by
+//!    the projections' own code ([`Projection::apply_into`]: the live path's
+//!    batch step, aimed at the fresh table), one transaction per page,
+//!    committed with `synchronous_commit = off`: nothing reads these tables,
+//!    and a crash throws them away anyway.
 //! 3. **Indexes**: the live table's other indexes and constraints, built
 //!    once over the loaded rows, then `analyze`.
-//! 4. **Catch-up**: the events appended meanwhile, page by page, until what
-//!    is left is less than a page.
+//! 4. **Catch-up**: the events appended meanwhile, in position order (onto
+//!    the rows the load wrote), page by page, until what is left is less
+//!    than a page.
 //! 5. **Swap**, in one transaction: lock the rebuilt projections' checkpoint
 //!    rows (`select … for update`, the fence every projector batch takes
 //!    first: a running projector now waits, holding nothing), apply the last
@@ -43,6 +48,8 @@ use crate::consumer::{
     lock_checkpoints, notify_projected, raise_checkpoints, register_checkpoints,
 };
 use crate::projections::Projection;
+use schema::envelope::RecordedEvent;
+use schema::events::EventPayload;
 
 mod pages;
 mod tables;
@@ -65,8 +72,9 @@ const SWAP_LOCK_TIMEOUT: &str = "5s";
 const SWAP_ATTEMPTS: usize = 3;
 /// PostgreSQL's `lock_not_available`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
-/// Connections: one reading the log, one applying, one for DDL.
-const CONNECTIONS: u32 = 4;
+/// Connections: one reading the log, one per table being loaded, one for
+/// DDL.
+const CONNECTIONS: u32 = 10;
 
 /// How a rebuild runs.
 #[derive(Debug, Clone)]
@@ -205,7 +213,7 @@ async fn build_and_swap(
     let head = schema::store::head(pool)
         .await
         .context("failed to read the log's head")?;
-    let bar = progress_bar(options.progress, head);
+    let bar = progress_bar(options.progress);
     let mut loader = Loader {
         pool,
         fresh,
@@ -214,7 +222,10 @@ async fn build_and_swap(
         events: 0,
         page_times: Vec::new(),
     };
-    loader.load(0, head).await?;
+    if options.progress {
+        bar.set_length(loader.count(head).await?);
+    }
+    loader.load(head).await?;
     let load = started.elapsed();
     bar.finish_and_clear();
 
@@ -233,7 +244,7 @@ async fn build_and_swap(
         if now - through < options.page_size {
             break;
         }
-        loader.load(through, now).await?;
+        loader.catch_up(through, now).await?;
         through = now;
     }
     let catch_up = catching_up.elapsed();
@@ -279,6 +290,19 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// The events up to `upto` a load reads.
+    async fn count(&self, upto: i64) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from events where position <= $1 and stream_type = any($2)",
+        )
+        .bind(upto)
+        .bind(self.stream_types())
+        .fetch_one(self.pool)
+        .await
+        .context("failed to count the events to rebuild from")?;
+        Ok(n.max(0) as u64)
+    }
+
     fn stream_types(&self) -> Vec<&'static str> {
         self.fresh
             .iter()
@@ -286,66 +310,54 @@ impl Loader<'_> {
             .collect()
     }
 
-    /// Applies `(after, upto]`, one transaction per page, reading ahead.
-    async fn load(&mut self, after: i64, upto: i64) -> anyhow::Result<()> {
-        let mut pages = pages::spawn_reader(
+    /// Applies every event up to `upto`, stream by stream, one transaction
+    /// per page, the next page read meanwhile.
+    async fn load(&mut self, upto: i64) -> anyhow::Result<()> {
+        let mut pages = pages::spawn_stream_reader(
             self.pool.clone(),
-            after,
             upto,
             self.stream_types(),
             self.page_size,
         );
+        let pool = self.pool;
+        while let Some(page) = pages.recv().await {
+            let page = page?;
+            let applying = Instant::now();
+            // Each table on a connection of its own, at the same time: the
+            // tables are independent until the swap, and PostgreSQL then
+            // uses every core.
+            let applied = self.fresh.iter().map(|table| {
+                let events = &page.events;
+                async move {
+                    let mut conn = pool
+                        .acquire()
+                        .await
+                        .context("failed to connect to load the fresh tables")?;
+                    commit_page(&mut conn, std::slice::from_ref(table), events).await
+                }
+            });
+            futures::future::try_join_all(applied).await?;
+            self.events += page.events.len() as u64;
+            self.page_times.push(applying.elapsed());
+            self.bar.inc(page.through as u64);
+        }
+        Ok(())
+    }
+
+    /// Applies `(after, upto]` in position order, one transaction per page.
+    async fn catch_up(&mut self, after: i64, upto: i64) -> anyhow::Result<()> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .context("failed to connect to load the fresh tables")?;
-        while let Some(page) = pages.recv().await {
-            let page = page?;
-            let applying = Instant::now();
-            let mut tx = conn
-                .begin()
-                .await
-                .context("failed to begin a load transaction")?;
-            sqlx::query("set local synchronous_commit = off")
-                .execute(&mut *tx)
-                .await
-                .context("failed to set up a load transaction")?;
-            self.apply(&mut tx, &page.events).await?;
-            tx.commit()
-                .await
-                .context("failed to commit a load transaction")?;
-            self.page_times.push(applying.elapsed());
+        let types = self.stream_types();
+        let mut cursor = after;
+        while cursor < upto {
+            let page = pages::read_page(&mut conn, cursor, upto, &types, self.page_size).await?;
+            commit_page(&mut conn, self.fresh, &page.events).await?;
             self.events += page.events.len() as u64;
-            self.bar.set_position(page.through as u64);
-        }
-        Ok(())
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[(
-            schema::envelope::RecordedEvent,
-            schema::events::EventPayload,
-        )],
-    ) -> anyhow::Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        for table in self.fresh {
-            table
-                .projection
-                .apply_into(conn, &table.table, events)
-                .await
-                .with_context(|| {
-                    format!(
-                        "rebuilding {} failed at positions {} to {}",
-                        table.projection.name(),
-                        events[0].0.position,
-                        events[events.len() - 1].0.position
-                    )
-                })?;
+            cursor = page.through;
         }
         Ok(())
     }
@@ -379,7 +391,7 @@ impl Loader<'_> {
         let types = self.stream_types();
         while cursor < head {
             let page = pages::read_page(&mut tx, cursor, head, &types, self.page_size).await?;
-            self.apply(&mut tx, &page.events).await?;
+            apply(&mut tx, self.fresh, &page.events).await?;
             self.events += page.events.len() as u64;
             cursor = page.through;
         }
@@ -395,6 +407,59 @@ impl Loader<'_> {
         tx.commit().await.context("failed to commit the swap")?;
         Ok(head)
     }
+}
+
+/// Applies `events` to `fresh` in one transaction of its own.
+async fn commit_page(
+    conn: &mut PgConnection,
+    fresh: &[Fresh],
+    events: &[(RecordedEvent, EventPayload)],
+) -> anyhow::Result<()> {
+    let mut tx = conn
+        .begin()
+        .await
+        .context("failed to begin a load transaction")?;
+    sqlx::query("set local synchronous_commit = off")
+        .execute(&mut *tx)
+        .await
+        .context("failed to set up a load transaction")?;
+    apply(&mut tx, fresh, events).await?;
+    tx.commit()
+        .await
+        .context("failed to commit a load transaction")
+}
+
+/// Applies `events` to each of `fresh` through the projection's own code.
+async fn apply(
+    conn: &mut PgConnection,
+    fresh: &[Fresh],
+    events: &[(RecordedEvent, EventPayload)],
+) -> anyhow::Result<()> {
+    let (Some((first, _)), Some((last, _))) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    for table in fresh {
+        let ours = table.projection.stream_types();
+        if !events
+            .iter()
+            .any(|(e, _)| ours.contains(&e.stream_type.as_str()))
+        {
+            continue;
+        }
+        table
+            .projection
+            .apply_into(conn, &table.table, events)
+            .await
+            .with_context(|| {
+                format!(
+                    "rebuilding {} failed at the events at positions {} to {}",
+                    table.projection.name(),
+                    first.position,
+                    last.position
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Drops the fresh tables after a failure: the live ones were not touched.
@@ -416,13 +481,13 @@ fn is_lock_timeout(e: &anyhow::Error) -> bool {
     })
 }
 
-fn progress_bar(visible: bool, head: i64) -> ProgressBar {
+fn progress_bar(visible: bool) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(head.max(0) as u64);
+    let bar = ProgressBar::new(0);
     if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{wide_bar}] position {human_pos}/{human_len} ({per_sec}, {eta} left)",
+        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} events ({per_sec}, {eta} left)",
     ) {
         bar.set_style(style);
     }

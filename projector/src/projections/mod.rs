@@ -123,7 +123,11 @@ impl Projection {
 
     /// [`Projection::apply`] into `table`, a table shaped like
     /// [`Projection::table`] (the rebuild's fresh copy): the live path and
-    /// the rebuild run the same code.
+    /// the rebuild run the same code. The rebuild's load hands events
+    /// grouped by stream (each stream's in order) rather than in position
+    /// order: every read model's row depends on its own stream's events
+    /// only. A projection whose rows combine several streams would break
+    /// that rule, and must then be loaded in position order.
     pub async fn apply_into(
         self,
         conn: &mut PgConnection,

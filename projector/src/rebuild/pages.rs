@@ -7,6 +7,7 @@ use schema::envelope::{Decoded, RecordedEvent};
 use schema::events::EventPayload;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use crate::consumer::UnreadableEvent;
 
@@ -16,8 +17,9 @@ const READ_AHEAD: usize = 2;
 /// A run of the log, decoded: the events of the stream types asked for.
 pub(super) struct Page {
     pub(super) events: Vec<(RecordedEvent, EventPayload)>,
-    /// Every position up to this one has been read (whether its event was
-    /// of a type asked for or not).
+    /// By position ([`read_page`]): every position up to this one has been
+    /// read, whether its event was of a type asked for or not. By stream
+    /// ([`spawn_stream_reader`]): how many events the page read.
     pub(super) through: i64,
 }
 
@@ -86,42 +88,98 @@ fn decode(
     }
 }
 
-/// Reads `(after, upto]` page by page on a task of its own, [`READ_AHEAD`]
-/// pages ahead of the receiver, so that reading and decoding one page
-/// overlaps applying the previous one. The task stops after the last page,
-/// at the first error (sent), or when the receiver is dropped.
-pub(super) fn spawn_reader(
+/// The first stream order key: every `(stream_id, stream_version)` is after it.
+const BEFORE_EVERY_STREAM: (Uuid, i64) = (Uuid::nil(), 0);
+
+/// Reads every event at or below `upto` of `stream_types`, **stream by
+/// stream** (by `stream_id`, then `stream_version`: the log's unique index),
+/// in pages of about `limit` events cut at stream boundaries, on a task of
+/// its own, [`READ_AHEAD`] pages ahead of the receiver. Whole streams per
+/// page make a rebuild's load insert each row once, folded, instead of
+/// reading back and rewriting rows that earlier pages wrote; a stream longer
+/// than a page is sent in pages of its own, the later ones applied onto the
+/// row the earlier ones wrote. The task stops after the last page, at the
+/// first error (sent), or when the receiver is dropped.
+pub(super) fn spawn_stream_reader(
     pool: PgPool,
-    after: i64,
     upto: i64,
     stream_types: Vec<&'static str>,
     limit: i64,
 ) -> mpsc::Receiver<anyhow::Result<Page>> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
-        let mut conn = match pool.acquire().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                let _ = tx
-                    .send(Err(
-                        anyhow::Error::new(e).context("failed to connect to read the log")
-                    ))
-                    .await;
-                return;
+        let read = async {
+            let mut conn = pool
+                .acquire()
+                .await
+                .context("failed to connect to read the log")?;
+            let mut cursor = BEFORE_EVERY_STREAM;
+            // The events of the stream a full page ended in: they go with
+            // the rest of that stream, in the next page.
+            let mut carried: Vec<RecordedEvent> = Vec::new();
+            loop {
+                let rows = read_streams(&mut conn, cursor, upto, &stream_types, limit).await?;
+                let full = rows.len() as i64 == limit;
+                if let Some(last) = rows.last() {
+                    cursor = (last.stream_id, last.stream_version);
+                }
+                let read = rows.len() as i64;
+                let mut events = std::mem::take(&mut carried);
+                events.extend(rows);
+                if full {
+                    let last = events.last().map(|e| e.stream_id);
+                    let split = events
+                        .iter()
+                        .rposition(|e| Some(e.stream_id) != last)
+                        .map_or(0, |i| i + 1);
+                    if split > 0 {
+                        carried = events.split_off(split);
+                    }
+                }
+                let mut page = Page {
+                    events: Vec::with_capacity(events.len()),
+                    through: read,
+                };
+                for event in events {
+                    if let Some(known) = decode(event)? {
+                        page.events.push(known);
+                    }
+                }
+                if tx.send(Ok(page)).await.is_err() || !full {
+                    return anyhow::Ok(());
+                }
             }
         };
-        let mut cursor = after;
-        while cursor < upto {
-            let page = read_page(&mut conn, cursor, upto, &stream_types, limit).await;
-            let next = page.as_ref().map(|p| p.through).ok();
-            if tx.send(page).await.is_err() {
-                return;
-            }
-            match next {
-                Some(through) => cursor = through,
-                None => return,
-            }
+        if let Err(e) = read.await {
+            let _ = tx.send(Err(e)).await;
         }
     });
     rx
+}
+
+/// Up to `limit` events after `after` in stream order, at or below `upto`.
+async fn read_streams(
+    conn: &mut PgConnection,
+    after: (Uuid, i64),
+    upto: i64,
+    stream_types: &[&str],
+    limit: i64,
+) -> anyhow::Result<Vec<RecordedEvent>> {
+    sqlx::query_as(
+        "select position, id, tenant_id, stream_type, stream_id, stream_version, event_type,
+                schema_version, occurred_at, metadata, data
+           from events
+          where (stream_id, stream_version) > ($1, $2)
+            and position <= $3 and stream_type = any($4)
+          order by stream_id, stream_version
+          limit $5",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(upto)
+    .bind(stream_types)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("failed to read the event log after stream {}", after.0))
 }
