@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use schema::envelope::RecordedEvent;
 use schema::events::EventPayload;
-use schema::resources::{Fold, Meta};
+use schema::resources::Fold;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -33,8 +33,6 @@ pub trait ResourceTable: Fold + Send + Sync + Unpin + 'static {
     /// Every column of `TABLE` with its SQL type, as `jsonb_to_recordset`
     /// reads it; each is a field of the state's serialised form.
     const COLUMNS: &'static [(&'static str, &'static str)];
-
-    fn meta(&self) -> &Meta;
 }
 
 /// Applies this batch's events of `T`'s streams to `T`'s table, within the
