@@ -4,8 +4,9 @@
 //!
 //! **Architecture Invariant**: no response without its audit entry. The
 //! middleware awaits the commit of the request's row (a group commit through
-//! one [`Batcher`] per process: one round trip and one WAL flush for every
-//! request that finished meanwhile) before it hands the response to the
+//! the process's [`crate::gate::Gate`]: one round trip and one WAL flush for
+//! every request that finished meanwhile, which also carries the rate-limit
+//! decisions of the requests that arrived meanwhile) before it hands the response to the
 //! server, so a process killed with SIGKILL right after a client got its
 //! answer has already made that answer's entry durable. When the write
 //! fails, the client gets 503 `unavailable` instead of the answer it would
@@ -24,20 +25,17 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use schema::batch::Batcher;
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::auth::client_ip::ClientIp;
 use crate::error::{ApiError, ErrorCode};
+use crate::gate::{Done, Gate, Item};
 use crate::request_id;
 
-/// Entries one group commit carries at most.
-const MAX_BATCH: usize = 1024;
-/// Batches in flight at once (each on its own connection): a request waits
-/// for about one batch's commits instead of one and a half.
-const IN_FLIGHT: usize = 2;
 /// How long a request waits for its entry to commit before it is answered
 /// 503 instead: long enough to ride out a WAL flush stalled behind a
 /// checkpoint, short enough that a hung database does not hold requests.
@@ -92,46 +90,40 @@ pub enum AuditError {
 /// This process's audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    writer: Batcher<Entry, Result<(), AuditError>>,
-    /// The writer's own connection, closed by [`AuditLog::close`].
-    db: PgPool,
+    gate: Gate,
 }
 
 impl AuditLog {
-    /// Start the group-commit task on the current runtime, on a connection
-    /// of its own.
-    pub fn spawn(db: &PgPool) -> Self {
-        let db = crate::ratelimit::own_connections(db, IN_FLIGHT as u32);
-        let writer = Batcher::spawn_pipelined(IN_FLIGHT, MAX_BATCH, MAX_BATCH, |_: &Entry| 1, {
-            let db = db.clone();
-            move |entries: Vec<Entry>| write_batch(db.clone(), entries)
-        });
-        Self { writer, db }
-    }
-
-    /// Close the writer's connection (at shutdown, once no request is left).
-    pub async fn close(&self) {
-        self.db.close().await;
+    /// Record through `gate`, the process's writer for the request path.
+    pub fn new(gate: Gate) -> Self {
+        Self { gate }
     }
 
     /// Write `entry` and wait until it is committed.
     pub async fn record(&self, entry: Entry) -> Result<(), AuditError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.writer.submit(entry)).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(AuditError::Stopped),
+        match tokio::time::timeout(WRITE_TIMEOUT, self.gate.submit(Item::Record(entry))).await {
+            Ok(Ok(Done::Recorded(result))) => result,
+            Ok(Ok(Done::Decided(_)) | Err(_)) => Err(AuditError::Stopped),
             Err(_) => Err(AuditError::TimedOut),
         }
     }
 }
 
-async fn write_batch(db: PgPool, entries: Vec<Entry>) -> Vec<Result<(), AuditError>> {
+/// Writes a batch of entries on its own (without decisions to carry along).
+pub(crate) async fn write_batch(db: &PgPool, entries: &[Entry]) -> Vec<Result<(), AuditError>> {
     let n = entries.len();
-    let mut result = insert(&db, &entries).await;
+    let columns = Columns::of(entries);
+    let insert = || async {
+        let mut args = PgArguments::default();
+        columns.add_to(&mut args).map_err(sqlx::Error::Encode)?;
+        sqlx::query_with(&INSERT, args).execute(db).await
+    };
+    let mut result = insert().await.map(drop);
     if let Err(e) = &result {
         // Once more: a connection lost mid-batch is replaced by the pool.
         // `on conflict do nothing` makes a retry after an unseen commit harmless.
         tracing::warn!(error = %e, entries = n, "audit log write failed; retrying once");
-        result = insert(&db, &entries).await;
+        result = insert().await.map(drop);
     }
     match result {
         Ok(()) => vec![Ok(()); n],
@@ -145,20 +137,104 @@ async fn write_batch(db: PgPool, entries: Vec<Entry>) -> Vec<Result<(), AuditErr
     }
 }
 
-/// Every entry in one statement (and one commit).
-async fn insert(db: &PgPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// The statement that writes a batch of entries, a column per array
+/// (binary parameters, nothing for PostgreSQL to parse), its parameters
+/// numbered from `$first` (see [`Columns::bind`]).
+pub(crate) fn insert_statement(first: usize) -> String {
+    const TYPES: [&str; 15] = [
+        "uuid[]",
+        "uuid[]",
+        "timestamptz[]",
+        "uuid[]",
+        "text[]",
+        "text[]",
+        "text[]",
+        "text[]",
+        "text[]",
+        "int2[]",
+        "text[]",
+        "text[]",
+        "text[]::inet[]",
+        "text[]",
+        "float8[]",
+    ];
+    let arrays: Vec<String> = TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", first + i))
+        .collect();
+    format!(
         "insert into audit_log (id, tenant_id, at, key_id, key_label, method, route, path, \
              query, status, error_code, request_id, client_ip, user_agent, latency_ms) \
-         select id, tenant_id, at, key_id, key_label, method, route, path, \
-             query, status, error_code, request_id, client_ip, user_agent, latency_ms \
-         from jsonb_populate_recordset(null::audit_log, $1) \
+         select * from unnest({}) \
          on conflict (id) do nothing",
+        arrays.join(", ")
     )
-    .bind(sqlx::types::Json(entries))
-    .execute(db)
-    .await?;
-    Ok(())
+}
+
+static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_statement(1));
+
+/// A batch of entries as the columns of [`insert_statement`].
+pub(crate) struct Columns<'a> {
+    ids: Vec<Uuid>,
+    tenant_ids: Vec<Option<Uuid>>,
+    ats: Vec<DateTime<Utc>>,
+    key_ids: Vec<Option<Uuid>>,
+    key_labels: Vec<Option<&'a str>>,
+    methods: Vec<&'a str>,
+    routes: Vec<Option<&'a str>>,
+    paths: Vec<&'a str>,
+    queries: Vec<Option<&'a str>>,
+    statuses: Vec<i16>,
+    error_codes: Vec<Option<&'static str>>,
+    request_ids: Vec<&'a str>,
+    client_ips: Vec<Option<String>>,
+    user_agents: Vec<Option<&'a str>>,
+    latencies: Vec<f64>,
+}
+
+impl<'a> Columns<'a> {
+    pub(crate) fn of(entries: &'a [Entry]) -> Self {
+        fn column<'a, T>(entries: &'a [Entry], field: impl Fn(&'a Entry) -> T) -> Vec<T> {
+            entries.iter().map(field).collect()
+        }
+        Self {
+            ids: column(entries, |e| e.id),
+            tenant_ids: column(entries, |e| e.tenant_id),
+            ats: column(entries, |e| e.at),
+            key_ids: column(entries, |e| e.key_id),
+            key_labels: column(entries, |e| e.key_label.as_deref()),
+            methods: column(entries, |e| e.method.as_str()),
+            routes: column(entries, |e| e.route.as_deref()),
+            paths: column(entries, |e| e.path.as_str()),
+            queries: column(entries, |e| e.query.as_deref()),
+            statuses: column(entries, |e| i16::try_from(e.status).unwrap_or(i16::MAX)),
+            error_codes: column(entries, |e| e.error_code),
+            request_ids: column(entries, |e| e.request_id.as_str()),
+            client_ips: column(entries, |e| e.client_ip.map(|ip| ip.to_string())),
+            user_agents: column(entries, |e| e.user_agent.as_deref()),
+            latencies: column(entries, |e| e.latency_ms),
+        }
+    }
+
+    /// Adds the next 15 parameters, in the order of [`insert_statement`].
+    pub(crate) fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(&self.ids)?;
+        args.add(&self.tenant_ids)?;
+        args.add(&self.ats)?;
+        args.add(&self.key_ids)?;
+        args.add(&self.key_labels)?;
+        args.add(&self.methods)?;
+        args.add(&self.routes)?;
+        args.add(&self.paths)?;
+        args.add(&self.queries)?;
+        args.add(&self.statuses)?;
+        args.add(&self.error_codes)?;
+        args.add(&self.request_ids)?;
+        args.add(&self.client_ips)?;
+        args.add(&self.user_agents)?;
+        args.add(&self.latencies)
+    }
 }
 
 /// Requests that are audited: the tenant API and the operator API (health

@@ -96,6 +96,18 @@ pub struct Config {
     )]
     pub rate_limit_window: Duration,
 
+    /// How long a read (a list, a GET by id) waits for the projector to
+    /// reach its tenant's last event before it reads the read models as
+    /// they are, in seconds (decimals allowed). See `crate::consistency`.
+    #[arg(
+        long = "read-catch-up-timeout",
+        env = "JEANUS_READ_CATCH_UP_TIMEOUT",
+        value_name = "JEANUS_READ_CATCH_UP_TIMEOUT",
+        default_value = "2",
+        value_parser = parse_catch_up
+    )]
+    pub read_catch_up_timeout: Duration,
+
     /// Standard base64 of 32 random bytes: the key that seals webhook
     /// signing secrets at rest (`schema::sealing`). The dispatcher must be
     /// given the same key. Generate one with `openssl rand -base64 32`.
@@ -151,6 +163,7 @@ impl Config {
             nats_prefix: Names::new(prefix)?,
             trusted_proxies: Vec::new(),
             rate_limit_window: DEFAULT_RATE_LIMIT_WINDOW,
+            read_catch_up_timeout: crate::consistency::READ_CATCH_UP_TIMEOUT,
             secret_key: Some(SecretKey::generate()),
             webhook_allow_private: true,
         })
@@ -237,13 +250,35 @@ pub const DEFAULT_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(60);
 
 /// Seconds, `60` or `0.5`: from 10 ms to one day.
 fn parse_window(value: &str) -> Result<Duration, String> {
-    const HINT: &str = "use a number of seconds from 0.01 to 86400, e.g. 60";
+    parse_seconds(value, DEFAULT_RATE_LIMIT_WINDOW, 0.01..=86_400.0, "60")
+}
+
+/// Seconds, `2` or `0.5`: from 10 ms to one minute.
+fn parse_catch_up(value: &str) -> Result<Duration, String> {
+    let default = crate::consistency::READ_CATCH_UP_TIMEOUT;
+    parse_seconds(value, default, 0.01..=60.0, "2")
+}
+
+/// A number of seconds within `range`; empty is `default`.
+fn parse_seconds(
+    value: &str,
+    default: Duration,
+    range: std::ops::RangeInclusive<f64>,
+    example: &str,
+) -> Result<Duration, String> {
+    let hint = || {
+        format!(
+            "use a number of seconds from {} to {}, e.g. {example}",
+            range.start(),
+            range.end()
+        )
+    };
     if value.trim().is_empty() {
-        return Ok(DEFAULT_RATE_LIMIT_WINDOW);
+        return Ok(default);
     }
-    let seconds: f64 = value.trim().parse().map_err(|_| HINT.to_owned())?;
-    if !(0.01..=86_400.0).contains(&seconds) {
-        return Err(HINT.to_owned());
+    let seconds: f64 = value.trim().parse().map_err(|_| hint())?;
+    if !range.contains(&seconds) {
+        return Err(hint());
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -376,6 +411,21 @@ mod tests {
         assert!(c.admin_token.is_none());
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.nats_prefix.prefix(), "jeanus");
+    }
+
+    #[test]
+    fn the_read_catch_up_timeout_is_seconds_up_to_a_minute() {
+        assert_eq!(
+            parse(&[]).expect("valid").read_catch_up_timeout,
+            Duration::from_secs(2)
+        );
+        let c = parse(&["--read-catch-up-timeout=0.25"]).expect("valid");
+        assert_eq!(c.read_catch_up_timeout, Duration::from_millis(250));
+        for bad in ["0", "61", "soon", "-1"] {
+            let arg = format!("--read-catch-up-timeout={bad}");
+            let e = parse(&[&arg]).expect_err("refused");
+            assert!(one_line(&e).contains("JEANUS_READ_CATCH_UP_TIMEOUT"), "{e}");
+        }
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub const WRITE_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a read waits for the projector to reach its tenant's last event
-/// before it reads anyway ([`Projected::catch_up_tenant`]).
+/// before it reads anyway ([`Projected::catch_up_tenant`]), unless
+/// `JEANUS_READ_CATCH_UP_TIMEOUT` says otherwise.
 pub const READ_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The position through which every read model is up to date, as last seen
@@ -41,6 +42,8 @@ pub const READ_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Projected {
     rx: watch::Receiver<i64>,
+    /// The bound of [`Projected::catch_up_tenant`].
+    read_timeout: Duration,
 }
 
 impl Projected {
@@ -50,13 +53,23 @@ impl Projected {
     pub fn spawn(db: PgPool, stop: CancellationToken) -> (Self, JoinHandle<()>) {
         let (tx, rx) = watch::channel(0);
         let task = tokio::spawn(watch_projected(db, tx, stop));
-        (Self { rx }, task)
+        let read_timeout = READ_CATCH_UP_TIMEOUT;
+        (Self { rx, read_timeout }, task)
+    }
+
+    /// With reads bounded by `timeout` instead of [`READ_CATCH_UP_TIMEOUT`].
+    pub fn with_read_timeout(self, timeout: Duration) -> Self {
+        Self {
+            read_timeout: timeout,
+            ..self
+        }
     }
 
     /// A value that never moves: for tests of handlers that do not write.
     pub fn fixed(position: i64) -> Self {
         let (_, rx) = watch::channel(position);
-        Self { rx }
+        let read_timeout = READ_CATCH_UP_TIMEOUT;
+        Self { rx, read_timeout }
     }
 
     /// The receiver itself, to await changes directly.
@@ -102,9 +115,11 @@ impl Projected {
     /// in it, including one whose own [`settle`](Self::settle) timed out or
     /// that another api instance appended. One indexed query (the tenant's
     /// highest position, from `events_tenant_position`); no wait at all when
-    /// the projector is there already. Bounded by [`READ_CATCH_UP_TIMEOUT`]:
+    /// the projector is there already. Bounded by the read timeout
+    /// ([`READ_CATCH_UP_TIMEOUT`] unless configured):
     /// past it, the read goes ahead on the read models as they are (stale,
-    /// never wrong), with a warning.
+    /// never wrong), with a warning. (Configurable: under load, or with a
+    /// projector far behind, a longer wait trades latency for freshness.)
     pub async fn catch_up_tenant(&self, db: &PgPool, tenant_id: Uuid) -> Result<(), sqlx::Error> {
         let last: Option<i64> =
             sqlx::query_scalar("select max(position) from events where tenant_id = $1")
@@ -115,12 +130,12 @@ impl Projected {
         if self.current() >= last {
             return Ok(());
         }
-        if !self.wait_projected(last, READ_CATCH_UP_TIMEOUT).await {
+        if !self.wait_projected(last, self.read_timeout).await {
             tracing::warn!(
                 tenant.id = %tenant_id,
                 event.position = last,
                 projected = self.current(),
-                timeout_ms = READ_CATCH_UP_TIMEOUT.as_millis() as u64,
+                timeout_ms = self.read_timeout.as_millis() as u64,
                 "the projector has not reached this tenant's last event; reading anyway"
             );
         }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod gate;
 pub mod idempotency;
 pub mod lists;
 pub mod openapi;
@@ -183,12 +184,13 @@ pub async fn run(
     let relay = schema::relay::spawn(db.clone(), js.clone(), names.clone(), stop_relay.clone());
     let stop_watcher = CancellationToken::new();
     let (projected, watcher) = consistency::Projected::spawn(db.clone(), stop_watcher.clone());
+    let projected = projected.with_read_timeout(config.read_catch_up_timeout);
     let keys = auth::authenticate::KeyCache::new(db.clone());
     let revocations = keys.watch_revocations(&nats, &names).await?;
-    let limiter = ratelimit::RateLimiter::spawn(&db, config.rate_limit_window);
-    let audit = audit::AuditLog::spawn(&db);
     // Closed after the server has finished its last request.
-    let writers = (limiter.clone(), audit.clone());
+    let gate = gate::Gate::spawn(&db, config.rate_limit_window);
+    let limiter = ratelimit::RateLimiter::new(gate.clone());
+    let audit = audit::AuditLog::new(gate.clone());
     let stop_sweeper = CancellationToken::new();
     let sweeper = idempotency::spawn_sweeper(db.clone(), stop_sweeper.clone());
     let state = AppState::new(state::Shared {
@@ -232,8 +234,7 @@ pub async fn run(
         tracing::warn!(error = %e, "failed to drain the NATS connection");
     }
     revocations.abort();
-    writers.0.close().await;
-    writers.1.close().await;
+    gate.close().await;
     db.close().await;
     tracing::info!("api stopped");
     served

@@ -25,7 +25,6 @@ use utoipa::openapi::{Content, Object, PathItem, RefOr, Response, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorResponse};
-use crate::lists;
 use crate::routes::{admin, audit, customers, health, keys, leads, me, orders, products, webhooks};
 use crate::state::AppState;
 
@@ -66,22 +65,22 @@ const JSON: &str = "application/json";
         admin::revoke_key,
         audit::operator_tenant_log,
         audit::operator_untenanted_log,
-        lists::customers::list,
+        customers::list,
         customers::create,
         customers::find,
         customers::update,
         customers::delete,
-        lists::products::list,
+        products::list,
         products::create,
         products::find,
         products::update,
         products::delete,
-        lists::leads::list,
+        leads::list,
         leads::create,
         leads::find,
         leads::update,
         leads::delete,
-        lists::orders::list,
+        orders::list,
         orders::create,
         orders::find,
         orders::update,

@@ -4,9 +4,11 @@
 //! A key never gets more than its `rate_limit_per_minute` requests accepted
 //! in any window (60 s; `JEANUS_RATE_LIMIT_WINDOW` shortens it for tests),
 //! and a client that stays under the limit is never refused. The state is a
-//! ring of the last `limit` accepted request times per key, and a decision
-//! is O(1) amortised: `jeanus_rate_limit` in
-//! `schema/migrations/0004_audit_and_rate_limit.sql` has the details. Every
+//! ring of the last `limit` accepted request times per key. A decision
+//! writes one slot and reads none while the key's oldest request is still
+//! in the window, and O(log n) slots when it has left, however long the key
+//! was idle: `jeanus_rate_limit` in
+//! `schema/migrations/0013_rate_limit_set_based.sql` has the details. Every
 //! instance funnels its decisions through one [`Batcher`]: one round trip
 //! for all the requests that arrived meanwhile. Time is PostgreSQL's clock,
 //! the one clock every instance shares.
@@ -25,18 +27,15 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use schema::batch::Batcher;
-use sqlx::PgPool;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool};
 use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::gate::{Done, Gate, Item};
 
-/// Decisions one batch carries at most.
-const MAX_BATCH: usize = 1024;
-/// Batches in flight at once (each on its own connection): a request waits
-/// for about one batch's decisions instead of one and a half.
-const IN_FLIGHT: usize = 2;
 /// How long a request waits for its decision before it is answered 503
 /// (the limiter sits outside the request timeout).
 const DECISION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,7 +101,7 @@ pub enum LimiterError {
     TimedOut,
 }
 
-struct Ask {
+pub(crate) struct Ask {
     key_id: Uuid,
     limit: u32,
     consume: Consume,
@@ -111,36 +110,17 @@ struct Ask {
 /// This process's handle onto the shared limiter. Cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
-    batcher: Batcher<Ask, Result<Quota, LimiterError>>,
-    window: Duration,
-    /// The batch writer's own connection, closed by [`RateLimiter::close`].
-    db: PgPool,
+    gate: Gate,
 }
 
 impl RateLimiter {
-    /// Start the batching task on the current runtime, on a connection of
-    /// its own (see [`own_connections`]).
-    pub fn spawn(db: &PgPool, window: Duration) -> Self {
-        let db = own_connections(db, IN_FLIGHT as u32);
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
-        let batcher = Batcher::spawn_pipelined(IN_FLIGHT, MAX_BATCH, MAX_BATCH, |_: &Ask| 1, {
-            let db = db.clone();
-            move |asks: Vec<Ask>| decide(db.clone(), asks, window_ms, window)
-        });
-        Self {
-            batcher,
-            window,
-            db,
-        }
-    }
-
-    /// Close the writer's connection (at shutdown, once no request is left).
-    pub async fn close(&self) {
-        self.db.close().await;
+    /// Decide through `gate`, the process's writer for the request path.
+    pub fn new(gate: Gate) -> Self {
+        Self { gate }
     }
 
     pub fn window(&self) -> Duration {
-        self.window
+        self.gate.window()
     }
 
     /// Decide one request of `key_id` under `limit` per window.
@@ -155,16 +135,16 @@ impl RateLimiter {
             limit,
             consume,
         };
-        match tokio::time::timeout(DECISION_TIMEOUT, self.batcher.submit(ask)).await {
-            Ok(Ok(decided)) => decided,
-            Ok(Err(_)) => Err(LimiterError::Stopped),
+        match tokio::time::timeout(DECISION_TIMEOUT, self.gate.submit(Item::Decide(ask))).await {
+            Ok(Ok(Done::Decided(decided))) => decided,
+            Ok(Ok(Done::Recorded(_)) | Err(_)) => Err(LimiterError::Stopped),
             Err(_) => Err(LimiterError::TimedOut),
         }
     }
 }
 
 #[derive(sqlx::FromRow)]
-struct Decision {
+pub(crate) struct Decision {
     idx: i64,
     allowed: bool,
     remaining: i32,
@@ -172,33 +152,63 @@ struct Decision {
     now_ms: i64,
 }
 
-async fn decide(
-    db: PgPool,
-    asks: Vec<Ask>,
+/// The statement that decides a batch, its parameters `$1`–`$4` (see
+/// [`Asked::bind`]).
+pub(crate) const DECIDE: &str = "select idx, allowed, remaining, reset_after_ms, now_ms \
+                                 from jeanus_rate_limit($1, $2, $3, $4)";
+
+/// A batch of asks as the columns `jeanus_rate_limit` takes.
+pub(crate) struct Asked {
+    key_ids: Vec<Uuid>,
+    limits: Vec<i32>,
+    consume: Vec<bool>,
     window_ms: i64,
+}
+
+impl Asked {
+    pub(crate) fn of(asks: &[Ask], window: Duration) -> Self {
+        Self {
+            key_ids: asks.iter().map(|a| a.key_id).collect(),
+            // A limit of 0 would be a ring of no slots: such a key is
+            // refused outright (see `answers`; minting refuses 0 anyway).
+            limits: asks
+                .iter()
+                .map(|a| i32::try_from(a.limit.max(1)).unwrap_or(i32::MAX))
+                .collect(),
+            consume: asks
+                .iter()
+                .map(|a| a.consume == Consume::Yes && a.limit > 0)
+                .collect(),
+            window_ms: window_ms(window),
+        }
+    }
+
+    /// Adds `$1`–`$4` of [`DECIDE`].
+    pub(crate) fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(&self.key_ids)?;
+        args.add(&self.limits)?;
+        args.add(&self.consume)?;
+        args.add(self.window_ms)
+    }
+}
+
+pub(crate) fn window_ms(window: Duration) -> i64 {
+    i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Decides a batch on its own (without audit entries to carry along).
+pub(crate) async fn decide(
+    db: &PgPool,
+    asks: &[Ask],
     window: Duration,
 ) -> Vec<Result<Quota, LimiterError>> {
-    // A limit of 0 would be a ring of no slots: such a key is refused
-    // outright, without a query (the minting endpoint refuses 0 anyway).
-    let key_ids: Vec<Uuid> = asks.iter().map(|a| a.key_id).collect();
-    let limits: Vec<i32> = asks
-        .iter()
-        .map(|a| i32::try_from(a.limit.max(1)).unwrap_or(i32::MAX))
-        .collect();
-    let consume: Vec<bool> = asks
-        .iter()
-        .map(|a| a.consume == Consume::Yes && a.limit > 0)
-        .collect();
-    let query = || {
-        sqlx::query_as::<_, Decision>(
-            "select idx, allowed, remaining, reset_after_ms, now_ms \
-             from jeanus_rate_limit($1, $2, $3, $4)",
-        )
-        .bind(&key_ids)
-        .bind(&limits)
-        .bind(&consume)
-        .bind(window_ms)
-        .fetch_all(&db)
+    let asked = Asked::of(asks, window);
+    let query = || async {
+        let mut args = PgArguments::default();
+        asked.add_to(&mut args).map_err(sqlx::Error::Encode)?;
+        sqlx::query_as_with::<_, Decision, _>(DECIDE, args)
+            .fetch_all(db)
+            .await
     };
     let rows = match query().await {
         // Once more, on a fresh connection. Should the failed attempt have
@@ -210,6 +220,16 @@ async fn decide(
         }
         ok => ok,
     };
+    answers(asks, rows, window)
+}
+
+/// Each ask's quota from the rows of [`DECIDE`].
+pub(crate) fn answers(
+    asks: &[Ask],
+    rows: Result<Vec<Decision>, sqlx::Error>,
+    window: Duration,
+) -> Vec<Result<Quota, LimiterError>> {
+    let window_ms = window_ms(window);
     let rows = match rows {
         Ok(rows) if rows.len() == asks.len() => rows,
         Ok(rows) => {
@@ -258,20 +278,6 @@ async fn decide(
             a.unwrap_or_else(|| Err(LimiterError::Database(Arc::new(sqlx::Error::RowNotFound))))
         })
         .collect()
-}
-
-/// A pool of one connection, to the same database as `db`, for a batch
-/// writer (which has one batch in flight at a time): the same backend serves
-/// every batch, with its plans and compiled functions warm, and no liveness
-/// ping precedes each batch (the shared pool pings on every acquire, one
-/// more round trip). A broken connection fails one batch and is replaced on
-/// the next.
-pub(crate) fn own_connections(db: &PgPool, n: u32) -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(n)
-        .test_before_acquire(false)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with((*db.connect_options()).clone())
 }
 
 fn fail_all(n: usize, e: sqlx::Error) -> Vec<Result<Quota, LimiterError>> {

@@ -4,6 +4,8 @@
 use clap::Parser;
 use schema::nats::{InvalidPrefix, Names};
 
+use crate::projections::Projection;
+
 /// Every variable the projector reads; `value_name` is the variable's name so
 /// that clap's errors name what an operator actually sets.
 #[derive(Debug, Clone, Parser)]
@@ -42,6 +44,32 @@ pub struct Config {
         value_parser = parse_prefix
     )]
     pub nats_prefix: Names,
+
+    /// What to do; without one, follow the event stream (the service).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The projector's one-off commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Rebuild read models from the event log in PostgreSQL into fresh
+    /// tables, then swap them in atomically while the api keeps serving the
+    /// old ones; a running projector carries on from the swap.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RebuildArgs {
+    /// Rebuild only this read model (tenants, api_keys, customers, products,
+    /// leads, orders, webhook_endpoints); every one when absent.
+    #[arg(long, value_name = "NAME", value_parser = parse_projection)]
+    pub projection: Option<Projection>,
+
+    /// Events read from the log per page (and applied per transaction).
+    #[arg(long, value_name = "EVENTS", default_value_t = crate::rebuild::DEFAULT_PAGE_SIZE,
+          value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub page_size: i64,
 }
 
 impl Config {
@@ -60,6 +88,7 @@ impl Config {
             database_url: database_url.into(),
             nats_url: nats_url.into(),
             nats_prefix: Names::new(prefix)?,
+            command: None,
         })
     }
 }
@@ -71,6 +100,10 @@ fn parse_prefix(value: &str) -> Result<Names, String> {
         value
     };
     Names::new(value).map_err(|_| "use 1 to 64 of a-z, 0-9, _ and -".to_owned())
+}
+
+fn parse_projection(value: &str) -> Result<Projection, String> {
+    Projection::from_name(value).map_err(|e| e.to_string())
 }
 
 /// Reduces a clap error to one line for `error: …` on stderr, naming the
@@ -111,6 +144,34 @@ mod tests {
         let line = one_line(&e);
         assert!(line.contains("JEANUS_NATS_PREFIX"), "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn rebuild_takes_one_projection_by_name() {
+        let c = Config::try_parse_from([
+            "jeanus-projector",
+            "--database-url=postgres://h/db",
+            "rebuild",
+            "--projection=leads",
+        ])
+        .expect("valid");
+        match c.command {
+            Some(Command::Rebuild(args)) => {
+                assert_eq!(args.projection, Some(Projection::Leads));
+                assert_eq!(args.page_size, crate::rebuild::DEFAULT_PAGE_SIZE);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = Config::try_parse_from([
+            "jeanus-projector",
+            "--database-url=postgres://h/db",
+            "rebuild",
+            "--projection=lead",
+        ])
+        .expect_err("refused");
+        let line = one_line(&e);
+        assert!(line.contains("unknown projection \"lead\""), "{line}");
+        assert!(line.contains("webhook_endpoints"), "{line}");
     }
 
     #[test]

@@ -94,7 +94,10 @@ use crate::projections::Projection;
 mod batch;
 
 pub use batch::UnreadableEvent;
-use batch::{apply_batch, lowest_checkpoint, register_checkpoints, Incoming};
+use batch::{apply_batch, lowest_checkpoint, Incoming};
+pub(crate) use batch::{
+    lock_checkpoints, notify_projected, raise_checkpoints, register_checkpoints,
+};
 
 /// The PostgreSQL channel on which each projection commit announces
 /// `jeanus_projected_position()`, as decimal text.

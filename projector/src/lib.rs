@@ -1,11 +1,12 @@
 //! The projector: follows the event stream on JetStream and keeps the read
-//! models in PostgreSQL up to date.
+//! models in PostgreSQL up to date; `rebuild` rebuilds them from the log.
 
 use std::future::Future;
 
 pub mod config;
 pub mod consumer;
 pub mod projections;
+pub mod rebuild;
 
 use config::Config;
 

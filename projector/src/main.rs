@@ -1,10 +1,11 @@
 //! `jeanus-projector`: reads the configuration, starts logging and calls
-//! `projector::run`. A start-up error is one line on stderr and exit 1.
+//! `projector::run` (or, for `rebuild`, `projector::rebuild::run`). An error
+//! is one line on stderr and exit 1.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use projector::config::{self, Config};
+use projector::config::{self, Command, Config};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -21,7 +22,11 @@ async fn main() -> ExitCode {
     if let Err(e) = init_tracing() {
         return fail(&e);
     }
-    match projector::run(config, shutdown_signal()).await {
+    let result = match config.command.clone() {
+        None => projector::run(config, shutdown_signal()).await,
+        Some(Command::Rebuild(args)) => projector::rebuild::run(config, args).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("{e:#}")),
     }

@@ -136,7 +136,6 @@ event_payloads!(
 
 version_one!(
     TenantCreated => stream_types::TENANT,
-    KeyMinted => stream_types::API_KEY,
     KeyRevoked => stream_types::API_KEY,
     CustomerCreated => stream_types::CUSTOMER,
     CustomerUpdated => stream_types::CUSTOMER,
@@ -178,12 +177,18 @@ pub enum Scope {
 
 /// An API key was minted. Its stream id is the key id. Only the SHA-256 of
 /// the key is recorded, never the key.
+///
+/// Version 2 renamed `key_hash` to `key_sha256`: the stored field names its
+/// algorithm, so that a change of algorithm can only ever be a new field
+/// (and a new version), never a silent new meaning of old events. Version-1
+/// data is upcast on read (see [`EventData::upcast`] below).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyMinted {
     pub label: String,
     pub scopes: Vec<Scope>,
-    /// Lower-case hex SHA-256 of the whole key string.
-    pub key_hash: String,
+    /// Lower-case hex SHA-256 of the whole key string (`key_hash` in
+    /// version 1).
+    pub key_sha256: String,
     /// The first characters of the key, for masked display (`jns_live_a1b2`).
     pub key_start: String,
     #[serde(default)]
@@ -191,6 +196,32 @@ pub struct KeyMinted {
     #[serde(default)]
     pub allowed_ips: Vec<IpNet>,
     pub rate_limit_per_minute: u32,
+}
+
+impl EventData for KeyMinted {
+    const EVENT_TYPE: &'static str = "KeyMinted";
+    const STREAM_TYPE: &'static str = stream_types::API_KEY;
+    const SCHEMA_VERSION: i32 = 2;
+
+    fn upcast(from_version: i32, data: Value) -> Result<Value, String> {
+        match from_version {
+            1 => rename_field(data, "key_hash", "key_sha256"),
+            v => Err(format!("no upcaster from version {v}")),
+        }
+    }
+}
+
+/// An upcast step: the object's field `from` renamed `to`, which must be
+/// absent (the data would be of two versions at once).
+fn rename_field(mut data: Value, from: &str, to: &str) -> Result<Value, String> {
+    let fields = data.as_object_mut().ok_or("the data is not an object")?;
+    let value = fields
+        .remove(from)
+        .ok_or_else(|| format!("the data has no {from}"))?;
+    if fields.insert(to.to_owned(), value).is_some() {
+        return Err(format!("the data has both {from} and {to}"));
+    }
+    Ok(data)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -468,10 +499,40 @@ mod tests {
     }
 
     #[test]
+    fn key_minted_version_1_is_upcast_to_key_sha256() {
+        let v1 = json!({"label": "zapier", "scopes": ["read"], "key_hash": "ab",
+                        "key_start": "jns_live_a1b2", "rate_limit_per_minute": 60});
+        match EventPayload::decode("KeyMinted", 1, v1.clone()).expect("v1 upcasts") {
+            Decoded::Known(EventPayload::KeyMinted(k)) => assert_eq!(k.key_sha256, "ab"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Read as today's shape without the upcast, version 1 does not decode.
+        assert!(EventPayload::decode("KeyMinted", 2, v1.clone()).is_err());
+        // Data of both shapes at once is refused, not guessed at.
+        let mut both = v1;
+        both["key_sha256"] = json!("cd");
+        assert!(matches!(
+            EventPayload::decode("KeyMinted", 1, both),
+            Err(DecodeError::Upcast { version: 1, .. })
+        ));
+        let today = EventPayload::from(KeyMinted {
+            label: "x".into(),
+            scopes: vec![],
+            key_sha256: "ab".into(),
+            key_start: "jns_live_a1b2".into(),
+            expires_at: None,
+            allowed_ips: vec![],
+            rate_limit_per_minute: 1,
+        });
+        assert_eq!(today.schema_version(), 2);
+        assert!(today.to_data().get("key_hash").is_none());
+    }
+
+    #[test]
     fn key_minted_reads_without_optional_fields() {
-        let d = json!({"label": "zapier", "scopes": ["read", "write"], "key_hash": "ab",
+        let d = json!({"label": "zapier", "scopes": ["read", "write"], "key_sha256": "ab",
                        "key_start": "jns_live_a1b2", "rate_limit_per_minute": 60});
-        match EventPayload::decode("KeyMinted", 1, d).expect("decodes") {
+        match EventPayload::decode("KeyMinted", 2, d).expect("decodes") {
             Decoded::Known(EventPayload::KeyMinted(k)) => {
                 assert_eq!(k.scopes, vec![Scope::Read, Scope::Write]);
                 assert!(k.allowed_ips.is_empty());

@@ -113,6 +113,9 @@ pub enum FoldError {
 /// Events of other resources are refused; `Decoded::Unknown` types never get here.
 pub trait Fold: Sized + Serialize + for<'de> Deserialize<'de> {
     const NAME: &'static str;
+
+    fn meta(&self) -> &Meta;
+
     fn fold(
         state: Option<Self>,
         event: &RecordedEvent,
@@ -128,6 +131,64 @@ pub trait Fold: Sized + Serialize + for<'de> Deserialize<'de> {
             state = Some(Self::fold(state, event, payload)?);
         }
         Ok(state)
+    }
+}
+
+/// What one event does to a resource with a [`Lifecycle`].
+pub enum Step<'a, T> {
+    /// The stream's first event, and the state it starts.
+    Created(T),
+    /// A JSON merge patch of its fields (`*Updated`).
+    Updated(&'a Map<String, Value>),
+    /// An event of the resource's own that moves one field (a lead's
+    /// stage, an order's status).
+    Moved(Box<dyn FnOnce(&mut T) + 'a>),
+    /// The soft delete (`*Deleted`).
+    Deleted,
+}
+
+/// The life every v1 resource shares, folded once for all of them by the
+/// [`Fold`] impl below: created once, then patched or moved any number of
+/// times, then deleted; nothing applies before the create or after the
+/// delete, and every event after the create moves the version and
+/// `updated_at`. A resource says only which of its events is which step.
+pub trait Lifecycle: Sized + Serialize + for<'de> Deserialize<'de> {
+    const NAME: &'static str;
+
+    fn meta(&self) -> &Meta;
+
+    fn meta_mut(&mut self) -> &mut Meta;
+
+    /// What `payload` does to this resource; `None` for another's event.
+    fn step<'a>(event: &RecordedEvent, payload: &'a EventPayload) -> Option<Step<'a, Self>>;
+}
+
+impl<T: Lifecycle> Fold for T {
+    const NAME: &'static str = <T as Lifecycle>::NAME;
+
+    fn meta(&self) -> &Meta {
+        Lifecycle::meta(self)
+    }
+
+    fn fold(
+        state: Option<Self>,
+        event: &RecordedEvent,
+        payload: &EventPayload,
+    ) -> Result<Self, FoldError> {
+        match (T::step(event, payload), state) {
+            (Some(Step::Created(created)), None) => Ok(created),
+            (Some(step), Some(mut s)) if Lifecycle::meta(&s).deleted_at.is_none() => {
+                match step {
+                    Step::Created(_) => return Err(does_not_apply::<Self>(event)),
+                    Step::Updated(patch) => s = merge(s, patch, event)?,
+                    Step::Moved(apply) => apply(&mut s),
+                    Step::Deleted => s.meta_mut().deleted_at = Some(event.occurred_at),
+                }
+                s.meta_mut().touch(event);
+                Ok(s)
+            }
+            _ => Err(does_not_apply::<Self>(event)),
+        }
     }
 }
 
@@ -169,24 +230,26 @@ fn merge<T: Fold>(
     })
 }
 
-macro_rules! live {
-    ($state:expr, $event:expr, $t:ty) => {
-        match $state {
-            Some(s) if s.meta.deleted_at.is_none() => s,
-            _ => return Err(does_not_apply::<$t>($event)),
+/// The [`Lifecycle`] bookkeeping of a resource whose state has a `meta`.
+macro_rules! meta {
+    () => {
+        fn meta(&self) -> &Meta {
+            &self.meta
+        }
+
+        fn meta_mut(&mut self) -> &mut Meta {
+            &mut self.meta
         }
     };
 }
 
-impl Fold for Customer {
+impl Lifecycle for Customer {
     const NAME: &'static str = "customer";
-    fn fold(
-        state: Option<Self>,
-        event: &RecordedEvent,
-        payload: &EventPayload,
-    ) -> Result<Self, FoldError> {
-        match payload {
-            EventPayload::CustomerCreated(c) if state.is_none() => Ok(Self {
+    meta!();
+
+    fn step<'a>(event: &RecordedEvent, payload: &'a EventPayload) -> Option<Step<'a, Self>> {
+        Some(match payload {
+            EventPayload::CustomerCreated(c) => Step::Created(Self {
                 meta: Meta::new(event),
                 name: c.name.clone(),
                 email: c.email.clone(),
@@ -194,31 +257,20 @@ impl Fold for Customer {
                 company: c.company.clone(),
                 notes: c.notes.clone(),
             }),
-            EventPayload::CustomerUpdated(u) => {
-                let mut s = merge(live!(state, event, Self), &u.patch, event)?;
-                s.meta.touch(event);
-                Ok(s)
-            }
-            EventPayload::CustomerDeleted(_) => {
-                let mut s = live!(state, event, Self);
-                s.meta.touch(event);
-                s.meta.deleted_at = Some(event.occurred_at);
-                Ok(s)
-            }
-            _ => Err(does_not_apply::<Self>(event)),
-        }
+            EventPayload::CustomerUpdated(u) => Step::Updated(&u.patch),
+            EventPayload::CustomerDeleted(_) => Step::Deleted,
+            _ => return None,
+        })
     }
 }
 
-impl Fold for Product {
+impl Lifecycle for Product {
     const NAME: &'static str = "product";
-    fn fold(
-        state: Option<Self>,
-        event: &RecordedEvent,
-        payload: &EventPayload,
-    ) -> Result<Self, FoldError> {
-        match payload {
-            EventPayload::ProductCreated(p) if state.is_none() => Ok(Self {
+    meta!();
+
+    fn step<'a>(event: &RecordedEvent, payload: &'a EventPayload) -> Option<Step<'a, Self>> {
+        Some(match payload {
+            EventPayload::ProductCreated(p) => Step::Created(Self {
                 meta: Meta::new(event),
                 name: p.name.clone(),
                 sku: p.sku.clone(),
@@ -227,31 +279,20 @@ impl Fold for Product {
                 currency: p.currency.clone(),
                 active: p.active,
             }),
-            EventPayload::ProductUpdated(u) => {
-                let mut s = merge(live!(state, event, Self), &u.patch, event)?;
-                s.meta.touch(event);
-                Ok(s)
-            }
-            EventPayload::ProductDeleted(_) => {
-                let mut s = live!(state, event, Self);
-                s.meta.touch(event);
-                s.meta.deleted_at = Some(event.occurred_at);
-                Ok(s)
-            }
-            _ => Err(does_not_apply::<Self>(event)),
-        }
+            EventPayload::ProductUpdated(u) => Step::Updated(&u.patch),
+            EventPayload::ProductDeleted(_) => Step::Deleted,
+            _ => return None,
+        })
     }
 }
 
-impl Fold for Lead {
+impl Lifecycle for Lead {
     const NAME: &'static str = "lead";
-    fn fold(
-        state: Option<Self>,
-        event: &RecordedEvent,
-        payload: &EventPayload,
-    ) -> Result<Self, FoldError> {
-        match payload {
-            EventPayload::LeadCreated(l) if state.is_none() => Ok(Self {
+    meta!();
+
+    fn step<'a>(event: &RecordedEvent, payload: &'a EventPayload) -> Option<Step<'a, Self>> {
+        Some(match payload {
+            EventPayload::LeadCreated(l) => Step::Created(Self {
                 meta: Meta::new(event),
                 name: l.name.clone(),
                 company: l.company.clone(),
@@ -263,37 +304,24 @@ impl Fold for Lead {
                 source: l.source.clone(),
                 notes: l.notes.clone(),
             }),
-            EventPayload::LeadUpdated(u) => {
-                let mut s = merge(live!(state, event, Self), &u.patch, event)?;
-                s.meta.touch(event);
-                Ok(s)
-            }
+            EventPayload::LeadUpdated(u) => Step::Updated(&u.patch),
             EventPayload::LeadStageChanged(c) => {
-                let mut s = live!(state, event, Self);
-                s.stage = c.stage;
-                s.meta.touch(event);
-                Ok(s)
+                let stage = c.stage;
+                Step::Moved(Box::new(move |s: &mut Self| s.stage = stage))
             }
-            EventPayload::LeadDeleted(_) => {
-                let mut s = live!(state, event, Self);
-                s.meta.touch(event);
-                s.meta.deleted_at = Some(event.occurred_at);
-                Ok(s)
-            }
-            _ => Err(does_not_apply::<Self>(event)),
-        }
+            EventPayload::LeadDeleted(_) => Step::Deleted,
+            _ => return None,
+        })
     }
 }
 
-impl Fold for Order {
+impl Lifecycle for Order {
     const NAME: &'static str = "order";
-    fn fold(
-        state: Option<Self>,
-        event: &RecordedEvent,
-        payload: &EventPayload,
-    ) -> Result<Self, FoldError> {
-        match payload {
-            EventPayload::OrderCreated(o) if state.is_none() => Ok(Self {
+    meta!();
+
+    fn step<'a>(event: &RecordedEvent, payload: &'a EventPayload) -> Option<Step<'a, Self>> {
+        Some(match payload {
+            EventPayload::OrderCreated(o) => Step::Created(Self {
                 meta: Meta::new(event),
                 customer_id: o.customer_id,
                 status: o.status,
@@ -302,25 +330,14 @@ impl Fold for Order {
                 total: o.total,
                 notes: o.notes.clone(),
             }),
-            EventPayload::OrderUpdated(u) => {
-                let mut s = merge(live!(state, event, Self), &u.patch, event)?;
-                s.meta.touch(event);
-                Ok(s)
-            }
+            EventPayload::OrderUpdated(u) => Step::Updated(&u.patch),
             EventPayload::OrderStatusChanged(c) => {
-                let mut s = live!(state, event, Self);
-                s.status = c.status;
-                s.meta.touch(event);
-                Ok(s)
+                let status = c.status;
+                Step::Moved(Box::new(move |s: &mut Self| s.status = status))
             }
-            EventPayload::OrderDeleted(_) => {
-                let mut s = live!(state, event, Self);
-                s.meta.touch(event);
-                s.meta.deleted_at = Some(event.occurred_at);
-                Ok(s)
-            }
-            _ => Err(does_not_apply::<Self>(event)),
-        }
+            EventPayload::OrderDeleted(_) => Step::Deleted,
+            _ => return None,
+        })
     }
 }
 

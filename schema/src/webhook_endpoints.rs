@@ -59,6 +59,10 @@ impl WebhookEndpoint {
 impl Fold for WebhookEndpoint {
     const NAME: &'static str = "webhook endpoint";
 
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
     fn fold(
         state: Option<Self>,
         event: &RecordedEvent,

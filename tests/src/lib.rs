@@ -4,7 +4,9 @@
 
 pub mod declared_routes;
 pub mod env;
+pub mod faults;
 pub mod histories;
+pub mod pages;
 pub mod poll;
 pub mod process;
 pub mod read_models;

@@ -118,3 +118,60 @@ pub async fn assert_read_models_match_log(pool: &PgPool) -> [usize; 4] {
         check::<Order>(pool, "orders", stream_types::ORDER, &streams, |r| r.meta.id).await,
     ]
 }
+
+/// `jeanus_projected_position()`: every read model is up to date through it.
+pub async fn projected(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select jeanus_projected_position()")
+        .fetch_one(pool)
+        .await
+        .expect("the projected position")
+}
+
+/// Waits (up to `within`) until every read model is up to date with the
+/// whole log; the log's head.
+pub async fn wait_until_projected(pool: &PgPool, within: std::time::Duration) -> i64 {
+    let head = schema::store::head(pool).await.expect("the log's head");
+    crate::eventually("the projector to reach the log's head", within, || async {
+        (projected(pool).await >= head).then_some(())
+    })
+    .await;
+    head
+}
+
+/// Every row of `table` as JSON, in id order.
+pub async fn table_rows(pool: &PgPool, table: &str) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(&format!("select to_jsonb(t) from {table} t order by id"))
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("read {table}: {e}"))
+}
+
+/// The table's identity: a rebuild's swap gives the name to another table.
+pub async fn table_oid(pool: &PgPool, table: &str) -> u32 {
+    let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("select $1::regclass::oid")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("the oid of {table}: {e}"));
+    oid.0
+}
+
+/// `(index name, definition)` of every index of `table`.
+pub async fn table_indexes(pool: &PgPool, table: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "select indexname::text, indexdef from pg_indexes where tablename = $1 order by indexname",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_else(|e| panic!("the indexes of {table}: {e}"))
+}
+
+/// The checkpoint of the projection `name`.
+pub async fn checkpoint(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar("select position from projector_checkpoint where name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("the checkpoint of {name}: {e}"))
+}

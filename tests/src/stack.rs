@@ -266,6 +266,17 @@ impl Stack {
         self.mint_key(tenant, scopes).await
     }
 
+    /// A tenant and a read+write key whose rate limit no test reaches, for
+    /// tests that send many requests.
+    pub async fn busy_tenant(&self, name: &str) -> MintedKey {
+        let tenant = self.create_tenant(name).await;
+        self.mint_key_with(
+            tenant,
+            json!({"label": "busy", "scopes": ["read", "write"], "rate_limit_per_minute": 10000}),
+        )
+        .await
+    }
+
     /// Sends, asserts the status, and returns the JSON body (null if none).
     pub async fn send_ok(&self, request: RequestBuilder, expected: StatusCode) -> Value {
         let (status, body) = send(request).await;

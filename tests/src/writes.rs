@@ -27,6 +27,31 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// `X-Request-Id`, which every response has.
+    pub fn request_id(&self) -> String {
+        self.header("x-request-id")
+            .expect("every response has X-Request-Id")
+            .to_owned()
+    }
+
+    /// A header that must be a number (`X-RateLimit-Remaining`, …).
+    pub fn number(&self, name: &str) -> i64 {
+        self.header(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric {name} header in {self:?}"))
+    }
+
+    /// An error in the envelope, with `request_id` equal to `X-Request-Id`.
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.body["error"]["code"], code, "{self:?}");
+        assert_eq!(
+            self.body["request_id"].as_str(),
+            Some(self.request_id().as_str()),
+            "the envelope's request_id is the X-Request-Id"
+        );
+    }
+
     pub fn etag(&self) -> &str {
         self.header("etag")
             .unwrap_or_else(|| panic!("no ETag in {self:?}"))

@@ -13,66 +13,15 @@ use std::time::{Duration, Instant};
 use api::auth::key::{Mode, PlainKey};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use jeanus_tests::faults::TableAway;
 use jeanus_tests::process::Service;
 use jeanus_tests::stack::{send, MintedKey};
+use jeanus_tests::writes::{answer, Answer};
 use jeanus_tests::{eventually, spawn_stack, spawn_stack_with, Stack, TestEnv};
-use reqwest::header::HeaderMap;
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
-
-/// A response with what the tests look at.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn request_id(&self) -> String {
-        self.headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .expect("every response has X-Request-Id")
-            .to_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn number(&self, name: &str) -> i64 {
-        self.header(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no numeric {name} header in {self:?}"))
-    }
-
-    /// An error in the envelope, with `request_id` equal to `X-Request-Id`.
-    fn assert_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.body["error"]["code"], code, "{self:?}");
-        assert_eq!(
-            self.body["request_id"].as_str(),
-            Some(self.request_id().as_str()),
-            "the envelope's request_id is the X-Request-Id"
-        );
-    }
-}
-
-async fn answer(request: RequestBuilder) -> Answer {
-    let response = request.send().await.expect("the request is answered");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.expect("the body is read");
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
 
 async fn me(stack: &Stack, key: &str) -> Answer {
     answer(stack.with_key(Method::GET, "/api/v1/me", key)).await
@@ -970,10 +919,7 @@ async fn a_request_whose_audit_entry_cannot_be_written_is_answered_503(pool: PgP
     let key = stack.mint_key(tenant, &["read"]).await;
     assert_eq!(me(&stack, &key.key).await.status, StatusCode::OK);
 
-    sqlx::query("alter table audit_log rename to audit_log_away")
-        .execute(&pool)
-        .await
-        .expect("rename");
+    let away = TableAway::take(&pool, "audit_log").await;
     me(&stack, &key.key)
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
@@ -984,10 +930,7 @@ async fn a_request_whose_audit_entry_cannot_be_written_is_answered_503(pool: PgP
     let health = answer(stack.request(Method::GET, "/healthz")).await;
     assert_eq!(health.status, StatusCode::OK);
 
-    sqlx::query("alter table audit_log_away rename to audit_log")
-        .execute(&pool)
-        .await
-        .expect("rename back");
+    away.restore().await;
     assert_eq!(me(&stack, &key.key).await.status, StatusCode::OK);
 
     stack.shutdown().await;
@@ -1001,10 +944,7 @@ async fn without_the_limiter_store_requests_fail_closed(pool: PgPool) {
     let key = stack.mint_key(tenant, &["read"]).await;
     assert_eq!(me(&stack, &key.key).await.status, StatusCode::OK);
 
-    sqlx::query("alter table rate_limit_state rename to rate_limit_state_away")
-        .execute(&pool)
-        .await
-        .expect("rename");
+    let away = TableAway::take(&pool, "rate_limit_state").await;
     let refused = me(&stack, &key.key).await;
     refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     // Still audited: the audit log is a different table.
@@ -1015,10 +955,7 @@ async fn without_the_limiter_store_requests_fail_closed(pool: PgPool) {
         .expect("the refusal is audited");
     assert_eq!(status, 503);
 
-    sqlx::query("alter table rate_limit_state_away rename to rate_limit_state")
-        .execute(&pool)
-        .await
-        .expect("rename back");
+    away.restore().await;
     assert_eq!(me(&stack, &key.key).await.status, StatusCode::OK);
 
     stack.shutdown().await;

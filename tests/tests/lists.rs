@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
+use jeanus_tests::pages::{field_names, ids, names};
 use jeanus_tests::seed::{self, append, create};
 use jeanus_tests::stack::{send, MintedKey};
 use jeanus_tests::{spawn_stack, Stack, TestEnv};
@@ -23,40 +24,11 @@ use uuid::Uuid;
 
 const RESOURCES: [&str; 4] = ["customers", "products", "leads", "orders"];
 
-/// A tenant with a read+write key that no test exhausts.
-async fn tenant(stack: &Stack, name: &str) -> MintedKey {
-    let tenant = stack.create_tenant(name).await;
-    stack
-        .mint_key_with(
-            tenant,
-            json!({"label": "lists", "scopes": ["read", "write"], "rate_limit_per_minute": 10000}),
-        )
-        .await
-}
-
 /// `GET path` with `key`: 200 and its body.
 async fn list(stack: &Stack, key: &MintedKey, path: &str) -> Value {
     let (status, body) = send(stack.with_key(Method::GET, path, &key.key)).await;
     assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
     body
-}
-
-fn ids(page: &Value) -> Vec<Uuid> {
-    page["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .map(|row| row["id"].as_str().expect("an id").parse().expect("a UUID"))
-        .collect()
-}
-
-fn names(page: &Value) -> BTreeSet<String> {
-    page["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .map(|row| row["name"].as_str().expect("a name").to_owned())
-        .collect()
 }
 
 /// `GET path` is 400 `invalid_param` and its message names `param`.
@@ -75,7 +47,7 @@ async fn invalid_param(stack: &Stack, key: &MintedKey, path: &str, param: &str) 
 async fn a_list_pages_newest_first_with_the_total_and_every_field(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
 
     let mut created = Vec::new();
@@ -96,12 +68,7 @@ async fn a_list_pages_newest_first_with_the_total_and_every_field(pool: PgPool) 
         json!({"total": 7, "limit": 50, "offset": 0})
     );
     let first = &all["data"][0];
-    let fields: BTreeSet<&str> = first
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let fields = field_names(first);
     assert_eq!(
         fields,
         BTreeSet::from([
@@ -155,7 +122,7 @@ async fn every_malformed_out_of_range_or_unknown_parameter_is_invalid_param_nami
 ) {
     let env = TestEnv::new(pool).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
 
     for resource in RESOURCES {
         let path = format!("/api/v1/{resource}");
@@ -218,7 +185,7 @@ async fn every_malformed_out_of_range_or_unknown_parameter_is_invalid_param_nami
 async fn q_is_a_case_insensitive_prefix_that_matches_like_metacharacters_literally(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
 
     for (name, email) in [
@@ -313,7 +280,7 @@ fn url_escape(s: &str) -> String {
 async fn leads_are_filtered_by_stage_and_q_together(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
 
     let t = key.tenant_id;
@@ -372,12 +339,7 @@ async fn leads_are_filtered_by_stage_and_q_together(pool: PgPool) {
     assert_eq!(names(&both), set(&["Bob"]), "q by email, with the stage");
     assert_eq!(both["pagination"]["total"], 1);
     let lead = &both["data"][0];
-    let fields: BTreeSet<&str> = lead
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let fields = field_names(lead);
     assert_eq!(
         fields,
         BTreeSet::from([
@@ -404,7 +366,7 @@ async fn leads_are_filtered_by_stage_and_q_together(pool: PgPool) {
 async fn orders_are_filtered_by_status_customer_and_since_a_utc_date(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
     let t = key.tenant_id;
     let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
@@ -476,12 +438,7 @@ async fn orders_are_filtered_by_status_customer_and_since_a_utc_date(pool: PgPoo
         json!({"total": 2, "limit": 1, "offset": 0})
     );
     let order = &page["data"][0];
-    let fields: BTreeSet<&str> = order
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let fields = field_names(order);
     assert_eq!(
         fields,
         BTreeSet::from([
@@ -505,7 +462,7 @@ async fn orders_are_filtered_by_status_customer_and_since_a_utc_date(pool: PgPoo
 async fn deleted_rows_never_appear_nor_count(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
     let t = key.tenant_id;
 
@@ -545,8 +502,8 @@ async fn deleted_rows_never_appear_nor_count(pool: PgPool) {
 async fn a_tenant_lists_only_its_own_rows(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let acme = tenant(&stack, "Acme").await;
-    let globex = tenant(&stack, "Globex").await;
+    let acme = stack.busy_tenant("Acme").await;
+    let globex = stack.busy_tenant("Globex").await;
     let store = EventStore::spawn(pool.clone());
 
     let mut mine = BTreeSet::new();
@@ -624,7 +581,7 @@ async fn a_read_key_lists_and_a_request_without_a_key_is_refused(pool: PgPool) {
 async fn offset_pages_taken_while_rows_are_added_repeat_rows_but_never_miss_one(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
     let t = key.tenant_id;
 
@@ -716,7 +673,7 @@ async fn offset_pages_taken_while_rows_are_added_repeat_rows_but_never_miss_one(
 async fn rows_created_in_the_same_microsecond_are_ordered_by_id(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
     let stack = spawn_stack(&env).await;
-    let key = tenant(&stack, "Acme").await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
     let at = Some(Utc::now() - Duration::days(1));
     let mut created = Vec::new();

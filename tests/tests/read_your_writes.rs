@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use jeanus_tests::pages::ids;
 use jeanus_tests::seed::{self, create};
-use jeanus_tests::stack::{send, MintedKey};
-use jeanus_tests::{spawn_stack, Stack, TestEnv};
+use jeanus_tests::stack::send;
+use jeanus_tests::{spawn_stack_with, TestEnv};
 use reqwest::{Method, StatusCode};
 use schema::events::LeadStage;
 use schema::store::EventStore;
@@ -16,33 +17,14 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-async fn tenant(stack: &Stack) -> MintedKey {
-    let tenant = stack.create_tenant("Acme").await;
-    stack
-        .mint_key_with(
-            tenant,
-            json!({"label": "ryw", "scopes": ["read", "write"], "rate_limit_per_minute": 10000}),
-        )
-        .await
-}
-
-fn ids(page: &Value) -> Vec<String> {
-    page["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .map(|row| row["id"].as_str().expect("an id").to_owned())
-        .collect()
-}
-
 const WRITERS: usize = 50;
 const LEADS_PER_WRITER: usize = 4;
 
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(pool: PgPool) {
     let env = TestEnv::new(pool).await;
-    let stack = spawn_stack(&env).await;
-    let key = tenant(&stack).await;
+    let stack = spawn_stack_with(&env, |c| c.read_catch_up_timeout = PATIENT).await;
+    let key = stack.busy_tenant("Acme").await;
 
     let mut tasks = Vec::new();
     for writer in 0..WRITERS {
@@ -63,7 +45,10 @@ async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(poo
                     .expect("POST answered");
                 assert_eq!(response.status(), StatusCode::CREATED);
                 let created: Value = response.json().await.expect("a body");
-                let id = created["data"]["id"].as_str().expect("an id").to_owned();
+                let id: Uuid = created["data"]["id"]
+                    .as_str()
+                    .and_then(|id| id.parse().ok())
+                    .expect("an id");
 
                 // The very next request: the newest-first page and a search.
                 let (status, page) = send(
@@ -73,7 +58,7 @@ async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(poo
                 )
                 .await;
                 assert_eq!(status, StatusCode::OK, "{page}");
-                assert_eq!(ids(&page), vec![id.clone()], "{name} is listed at once");
+                assert_eq!(ids(&page), vec![id], "{name} is listed at once");
                 assert_eq!(page["data"][0]["source"], "zapier");
                 let (status, page) = send(
                     client
@@ -97,6 +82,12 @@ async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(poo
     stack.shutdown().await;
 }
 
+/// How long a list may wait for the projector where a test checks that it
+/// waits: far beyond the pipeline's latency even on a loaded machine (the
+/// production bound, 2 s, is not: the test would then flake on a slow run
+/// rather than catch a list that does not wait, which answers at once).
+const PATIENT: Duration = Duration::from_secs(30);
+
 /// Appended straight to the log, as another api instance (or a write whose
 /// settle timed out) would: nothing waited for the projection. Listed at
 /// once, twenty times over, the lead is always there; without the list's
@@ -105,8 +96,8 @@ async fn a_created_lead_is_in_the_very_next_list_under_50_concurrent_writers(poo
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn a_list_waits_for_the_tenants_last_event_even_one_the_api_never_settled(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
-    let stack = spawn_stack(&env).await;
-    let key = tenant(&stack).await;
+    let stack = spawn_stack_with(&env, |c| c.read_catch_up_timeout = PATIENT).await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
 
     for n in 0..20 {
@@ -120,11 +111,7 @@ async fn a_list_waits_for_the_tenants_last_event_even_one_the_api_never_settled(
         let (status, page) =
             send(stack.with_key(Method::GET, "/api/v1/leads?limit=1", &key.key)).await;
         assert_eq!(status, StatusCode::OK, "{page}");
-        assert_eq!(
-            ids(&page),
-            vec![id.to_string()],
-            "lead {n} is listed at once"
-        );
+        assert_eq!(ids(&page), vec![id], "lead {n} is listed at once");
         assert_eq!(page["pagination"]["total"], n + 1);
     }
     stack.shutdown().await;
@@ -133,8 +120,9 @@ async fn a_list_waits_for_the_tenants_last_event_even_one_the_api_never_settled(
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn with_the_projector_down_a_list_answers_stale_after_a_bounded_wait(pool: PgPool) {
     let env = TestEnv::new(pool.clone()).await;
-    let mut stack = spawn_stack(&env).await;
-    let key = tenant(&stack).await;
+    let bound = Duration::from_millis(500);
+    let mut stack = spawn_stack_with(&env, |c| c.read_catch_up_timeout = bound).await;
+    let key = stack.busy_tenant("Acme").await;
     let store = EventStore::spawn(pool.clone());
     let (kept, _) = create(
         &store,
@@ -144,7 +132,7 @@ async fn with_the_projector_down_a_list_answers_stale_after_a_bounded_wait(pool:
     )
     .await;
     let (_, page) = send(stack.with_key(Method::GET, "/api/v1/leads", &key.key)).await;
-    assert_eq!(ids(&page), vec![kept.to_string()]);
+    assert_eq!(ids(&page), vec![kept]);
 
     stack.kill_projector().await;
     create(
@@ -158,15 +146,10 @@ async fn with_the_projector_down_a_list_answers_stale_after_a_bounded_wait(pool:
     let (status, page) = send(stack.with_key(Method::GET, "/api/v1/leads", &key.key)).await;
     let waited = started.elapsed();
     assert_eq!(status, StatusCode::OK, "{page}");
-    assert_eq!(
-        ids(&page),
-        vec![kept.to_string()],
-        "what is projected so far"
-    );
-    assert!(
-        waited >= api::consistency::READ_CATCH_UP_TIMEOUT && waited < Duration::from_secs(5),
-        "waited {waited:?}"
-    );
+    assert_eq!(ids(&page), vec![kept], "what is projected so far");
+    // It waited its bound, then answered: bounded, however loaded the
+    // machine (the upper limit only catches a wait that never ends).
+    assert!(waited >= bound && waited < PATIENT, "waited {waited:?}");
     stack.restart_projector();
     stack.shutdown().await;
 }

@@ -90,8 +90,7 @@ pub fn masked(start: &str) -> String {
 
 /// Lower-case hex SHA-256.
 pub fn hash(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 fn checksum(secret: &str) -> String {

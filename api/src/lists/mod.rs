@@ -1,7 +1,9 @@
 //! The list endpoints of the v1 resources: `GET /api/v1/customers`,
-//! `/products`, `/leads` and `/orders` (read scope), one module each for its
-//! filters, sharing the parameter rules ([`params`]), the query
-//! ([`query`]) and the page they answer ([`Page`]).
+//! `/products`, `/leads` and `/orders` (read scope): one generic [`list`],
+//! one module per resource for its filters (its [`Listed`] impl), sharing
+//! the parameter rules ([`params`]), the query ([`query`]) and the page they
+//! answer ([`Page`]). The handlers are generated with the resource's others
+//! (`crate::routes::resource`).
 //!
 //! - **Order**: newest first by `(created_at, id)`, a total order, so pages
 //!   never overlap on a fixed snapshot. Offset paging while rows are added:
@@ -17,8 +19,7 @@
 //! - **Parameters**: unknown, repeated, malformed or out-of-range
 //!   parameters are 400 `invalid_param` naming the parameter.
 
-use axum::routing::get;
-use axum::Router;
+use schema::events::Scope;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -26,6 +27,7 @@ use utoipa::ToSchema;
 use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::extract::AppJson;
+use crate::resources::Resource;
 use crate::state::AppState;
 
 pub mod customers;
@@ -35,16 +37,37 @@ pub mod params;
 pub mod products;
 pub mod query;
 
-use query::List;
+use params::{Params, RawParams};
+use query::{Filter, List};
 
-/// The four list routes. Merged beside the resources' other routes (same
-/// paths, other methods), so neither module has to edit the other's router.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/customers", get(customers::list))
-        .route("/api/v1/products", get(products::list))
-        .route("/api/v1/leads", get(leads::list))
-        .route("/api/v1/orders", get(orders::list))
+/// What a resource's list takes beyond the shared `limit` and `offset`.
+pub trait Listed: Resource + DeserializeOwned + Unpin {
+    /// Every query parameter it accepts, `limit` and `offset` included;
+    /// any other is 400 `invalid_param`.
+    const PARAMS: &'static [&'static str];
+
+    /// Its filters, from the parameters; a malformed one is 400
+    /// `invalid_param` naming it.
+    fn filters(params: &Params) -> ApiResult<Vec<Filter>>;
+}
+
+/// `GET /api/v1/<collection>`: a page of the tenant's live `R`, newest
+/// first.
+pub async fn list<R: Listed>(
+    state: &AppState,
+    principal: &Principal,
+    raw: RawParams,
+) -> ApiResult<AppJson<Page<R::View>>> {
+    principal.require(Scope::Read)?;
+    let params = Params::parse(raw, R::PARAMS)?;
+    let list = List {
+        table: R::COLLECTION,
+        tenant_id: principal.tenant_id,
+        filters: R::filters(&params)?,
+        limit: params.limit()?,
+        offset: params.offset()?,
+    };
+    answer::<R, R::View>(state, principal, list).await
 }
 
 /// A page of a list: `{"data": [...], "pagination": {...}}`.

@@ -34,6 +34,13 @@ pub enum Filter {
     },
 }
 
+impl Filter {
+    /// The `q` filter on `columns`, when `q` was given.
+    pub fn prefix(columns: &'static [&'static str], q: Option<String>) -> Option<Self> {
+        q.map(|prefix| Self::Prefix { columns, prefix })
+    }
+}
+
 /// A list request against one read model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct List {

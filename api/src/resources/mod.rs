@@ -61,8 +61,6 @@ pub trait Resource: Fold + Clone + Send + Sync + 'static {
     /// `id`, `created_at` and `updated_at`.
     type View: Serialize + From<Self> + Send;
 
-    fn meta(&self) -> &Meta;
-
     /// The `*Created` event of a checked create body (every field present).
     fn created(fields: Body) -> serde_json::Result<EventPayload>;
 

@@ -152,7 +152,7 @@ pub async fn mint_key(
     let payload = EventPayload::from(KeyMinted {
         label: spec.label.clone(),
         scopes: spec.scopes.clone(),
-        key_hash: key.hash(),
+        key_sha256: key.hash(),
         key_start: key.start(),
         expires_at: spec.expires_at,
         allowed_ips: spec.allowed_ips.clone(),

@@ -162,12 +162,7 @@ pub(super) async fn apply_batch(
         .map(|&c| c.max(last))
         .min()
         .unwrap_or(last);
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(projected.to_string())
-        .execute(&mut *tx)
-        .await
-        .context("failed to notify the projected position")?;
+    notify_projected(&mut tx, projected).await?;
     tx.commit()
         .await
         .context("failed to commit a projection transaction")?;
@@ -183,9 +178,24 @@ pub(super) async fn apply_batch(
     })
 }
 
+/// Announce on [`NOTIFY_CHANNEL`], at commit, that every read model is up
+/// to date through `projected`.
+pub(crate) async fn notify_projected(
+    conn: &mut PgConnection,
+    projected: i64,
+) -> anyhow::Result<()> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(projected.to_string())
+        .execute(conn)
+        .await
+        .context("failed to notify the projected position")?;
+    Ok(())
+}
+
 /// Make sure every projection has a checkpoint row; a new one starts at 0
 /// and so replays the log from the first event.
-pub(super) async fn register_checkpoints(
+pub(crate) async fn register_checkpoints(
     pool: &PgPool,
     projections: &[Projection],
 ) -> anyhow::Result<()> {
@@ -216,8 +226,9 @@ pub(super) async fn lowest_checkpoint(
 }
 
 /// Each projection's checkpoint, in the order of `projections`, locked until
-/// the transaction ends: the fence against a second applier.
-async fn lock_checkpoints(
+/// the transaction ends: the fence against a second applier (and the one
+/// the rebuild's swap takes to hold the live projector off).
+pub(crate) async fn lock_checkpoints(
     conn: &mut PgConnection,
     projections: &[Projection],
 ) -> anyhow::Result<Vec<i64>> {
@@ -244,7 +255,7 @@ async fn lock_checkpoints(
 }
 
 /// Move every checkpoint up to `position` (one already beyond it stays).
-async fn raise_checkpoints(
+pub(crate) async fn raise_checkpoints(
     conn: &mut PgConnection,
     projections: &[Projection],
     position: i64,

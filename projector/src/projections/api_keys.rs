@@ -6,14 +6,16 @@ use schema::envelope::RecordedEvent;
 use schema::events::{EventPayload, KeyMinted};
 use sqlx::PgConnection;
 
+/// Applies one event to `table` (`api_keys`, or the rebuild's copy of it).
 pub async fn apply(
     conn: &mut PgConnection,
+    table: &str,
     event: &RecordedEvent,
     payload: &EventPayload,
 ) -> anyhow::Result<()> {
     match payload {
-        EventPayload::KeyMinted(minted) => insert_key(conn, event, minted).await,
-        EventPayload::KeyRevoked(_) => revoke_key(conn, event).await,
+        EventPayload::KeyMinted(minted) => insert_key(conn, table, event, minted).await,
+        EventPayload::KeyRevoked(_) => revoke_key(conn, table, event).await,
         _ => Ok(()),
     }
 }
@@ -23,6 +25,7 @@ pub async fn apply(
 /// and that must fail loudly rather than be absorbed.
 async fn insert_key(
     conn: &mut PgConnection,
+    table: &str,
     event: &RecordedEvent,
     minted: &KeyMinted,
 ) -> anyhow::Result<()> {
@@ -31,16 +34,16 @@ async fn insert_key(
     // The api bounds it to 1..=10000; a larger value cannot come from it.
     let rate_limit = i32::try_from(minted.rate_limit_per_minute)
         .with_context(|| format!("key {} has an out-of-range rate limit", event.stream_id))?;
-    sqlx::query(
-        "insert into api_keys (id, tenant_id, label, scopes, key_hash, key_start, expires_at,
-                               allowed_ips, rate_limit_per_minute, created_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
+    sqlx::query(&format!(
+        "insert into {table} (id, tenant_id, label, scopes, key_hash, key_start, expires_at,
+                              allowed_ips, rate_limit_per_minute, created_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
     .bind(event.stream_id)
     .bind(event.tenant_id)
     .bind(&minted.label)
     .bind(&scopes)
-    .bind(&minted.key_hash)
+    .bind(&minted.key_sha256)
     .bind(&minted.key_start)
     .bind(minted.expires_at)
     .bind(&allowed_ips)
@@ -55,10 +58,14 @@ async fn insert_key(
 /// The first revocation's time stands: the api appends at most one
 /// KeyRevoked per key, but should a second one ever be in the log, replaying
 /// it must not move the time the key stopped working.
-async fn revoke_key(conn: &mut PgConnection, event: &RecordedEvent) -> anyhow::Result<()> {
-    let done = sqlx::query(
-        "update api_keys set revoked_at = coalesce(revoked_at, $2) where id = $1 and tenant_id = $3",
-    )
+async fn revoke_key(
+    conn: &mut PgConnection,
+    table: &str,
+    event: &RecordedEvent,
+) -> anyhow::Result<()> {
+    let done = sqlx::query(&format!(
+        "update {table} set revoked_at = coalesce(revoked_at, $2) where id = $1 and tenant_id = $3"
+    ))
     .bind(event.stream_id)
     .bind(event.occurred_at)
     .bind(event.tenant_id)
@@ -95,6 +102,8 @@ mod tests {
 
     use super::*;
 
+    const TABLE: &str = "api_keys";
+
     fn recorded(
         tenant_id: Uuid,
         key_id: Uuid,
@@ -110,7 +119,7 @@ mod tests {
             stream_id: key_id,
             stream_version: version,
             event_type: payload.event_type().to_owned(),
-            schema_version: 1,
+            schema_version: payload.schema_version(),
             occurred_at: at,
             metadata: Metadata::default(),
             data: payload.to_data(),
@@ -121,7 +130,7 @@ mod tests {
         EventPayload::from(KeyMinted {
             label: "zapier".into(),
             scopes: vec![Scope::Read, Scope::Write],
-            key_hash: "ab".repeat(32),
+            key_sha256: "ab".repeat(32),
             key_start: "jns_live_a1b2".into(),
             expires_at: None,
             allowed_ips: vec![
@@ -161,6 +170,7 @@ mod tests {
         let payload = minted();
         apply(
             &mut conn,
+            TABLE,
             &recorded(tenant, key, 1, minted_at, &payload),
             &payload,
         )
@@ -179,6 +189,7 @@ mod tests {
         let first = minted_at + Duration::seconds(5);
         apply(
             &mut conn,
+            TABLE,
             &recorded(tenant, key, 2, first, &revoked),
             &revoked,
         )
@@ -189,6 +200,7 @@ mod tests {
         let later = first + Duration::seconds(5);
         apply(
             &mut conn,
+            TABLE,
             &recorded(tenant, key, 3, later, &revoked),
             &revoked,
         )
@@ -202,8 +214,10 @@ mod tests {
         let mut conn = pool.acquire().await.expect("connection");
         let payload = minted();
         let event = recorded(Uuid::now_v7(), Uuid::now_v7(), 1, Utc::now(), &payload);
-        apply(&mut conn, &event, &payload).await.expect("first");
-        assert!(apply(&mut conn, &event, &payload).await.is_err());
+        apply(&mut conn, TABLE, &event, &payload)
+            .await
+            .expect("first");
+        assert!(apply(&mut conn, TABLE, &event, &payload).await.is_err());
     }
 
     #[sqlx::test(migrator = "schema::MIGRATOR")]
@@ -213,6 +227,7 @@ mod tests {
         let payload = minted();
         apply(
             &mut conn,
+            TABLE,
             &recorded(Uuid::now_v7(), key, 1, Utc::now(), &payload),
             &payload,
         )
@@ -221,6 +236,7 @@ mod tests {
         let revoked = EventPayload::from(KeyRevoked {});
         let err = apply(
             &mut conn,
+            TABLE,
             &recorded(Uuid::now_v7(), key, 2, Utc::now(), &revoked),
             &revoked,
         )

@@ -3,7 +3,7 @@
 //! with `deleted_at` set.
 
 use schema::events::stream_types;
-use schema::resources::{Customer, Meta};
+use schema::resources::Customer;
 
 use super::resource_table::ResourceTable;
 
@@ -23,8 +23,4 @@ impl ResourceTable for Customer {
         ("updated_at", "timestamptz"),
         ("deleted_at", "timestamptz"),
     ];
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 }

@@ -3,7 +3,7 @@
 //! LeadDeleted); a deleted lead keeps its row, with `deleted_at` set.
 
 use schema::events::stream_types;
-use schema::resources::{Lead, Meta};
+use schema::resources::Lead;
 
 use super::resource_table::ResourceTable;
 
@@ -28,8 +28,4 @@ impl ResourceTable for Lead {
         ("updated_at", "timestamptz"),
         ("deleted_at", "timestamptz"),
     ];
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 }

@@ -22,7 +22,7 @@
 
 use anyhow::Context as _;
 use schema::envelope::RecordedEvent;
-use schema::events::EventPayload;
+use schema::events::{stream_types, EventPayload};
 use schema::resources::{Customer, Lead, Order, Product};
 use schema::webhook_endpoints::WebhookEndpoint;
 use sqlx::PgConnection;
@@ -35,6 +35,8 @@ pub mod products;
 pub mod resource_table;
 pub mod tenants;
 pub mod webhook_endpoints;
+
+use resource_table::{apply_batch, ResourceTable};
 
 /// One read model. An enum rather than a trait object: the set is closed and
 /// known at compile time, and a `match` needs neither boxing nor `async_trait`.
@@ -77,6 +79,36 @@ impl Projection {
         }
     }
 
+    /// The read model's table. The same word as [`Projection::name`] today,
+    /// but a different thing: the rebuild fills `<table>_rebuild` and
+    /// renames it to this.
+    pub fn table(self) -> &'static str {
+        self.name()
+    }
+
+    /// The stream types whose events this projection reads; it ignores every
+    /// other event (the rebuild reads only these from the log).
+    pub fn stream_types(self) -> &'static [&'static str] {
+        match self {
+            Self::Tenants => &[stream_types::TENANT],
+            Self::ApiKeys => &[stream_types::API_KEY],
+            Self::Customers => &[Customer::STREAM_TYPE],
+            Self::Products => &[Product::STREAM_TYPE],
+            Self::Leads => &[Lead::STREAM_TYPE],
+            Self::Orders => &[Order::STREAM_TYPE],
+            Self::WebhookEndpoints => &[WebhookEndpoint::STREAM_TYPE],
+        }
+    }
+
+    /// The projection called `name`.
+    pub fn from_name(name: &str) -> Result<Self, UnknownProjection> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| UnknownProjection(name.to_owned()))
+    }
+
     /// Apply `events` (consecutive, in position order, every one of a type
     /// this build knows and none applied to this projection yet) within the
     /// consumer's transaction. Events a projection does not care about are
@@ -86,10 +118,26 @@ impl Projection {
         conn: &mut PgConnection,
         events: &[(RecordedEvent, EventPayload)],
     ) -> anyhow::Result<()> {
+        self.apply_into(conn, self.table(), events).await
+    }
+
+    /// [`Projection::apply`] into `table`, a table shaped like
+    /// [`Projection::table`] (the rebuild's fresh copy): the live path and
+    /// the rebuild run the same code. The rebuild's load hands events
+    /// grouped by stream (each stream's in order) rather than in position
+    /// order: every read model's row depends on its own stream's events
+    /// only. A projection whose rows combine several streams would break
+    /// that rule, and must then be loaded in position order.
+    pub async fn apply_into(
+        self,
+        conn: &mut PgConnection,
+        table: &str,
+        events: &[(RecordedEvent, EventPayload)],
+    ) -> anyhow::Result<()> {
         match self {
             Self::Tenants => {
                 for (event, payload) in events {
-                    tenants::apply(conn, event, payload)
+                    tenants::apply(conn, table, event, payload)
                         .await
                         .with_context(|| format!("at position {}", event.position))?;
                 }
@@ -97,19 +145,49 @@ impl Projection {
             }
             Self::ApiKeys => {
                 for (event, payload) in events {
-                    api_keys::apply(conn, event, payload)
+                    api_keys::apply(conn, table, event, payload)
                         .await
                         .with_context(|| format!("at position {}", event.position))?;
                 }
                 Ok(())
             }
-            Self::Customers => resource_table::apply_batch::<Customer>(conn, events).await,
-            Self::Products => resource_table::apply_batch::<Product>(conn, events).await,
-            Self::Leads => resource_table::apply_batch::<Lead>(conn, events).await,
-            Self::Orders => resource_table::apply_batch::<Order>(conn, events).await,
-            Self::WebhookEndpoints => {
-                resource_table::apply_batch::<WebhookEndpoint>(conn, events).await
-            }
+            Self::Customers => apply_batch::<Customer>(conn, table, events).await,
+            Self::Products => apply_batch::<Product>(conn, table, events).await,
+            Self::Leads => apply_batch::<Lead>(conn, table, events).await,
+            Self::Orders => apply_batch::<Order>(conn, table, events).await,
+            Self::WebhookEndpoints => apply_batch::<WebhookEndpoint>(conn, table, events).await,
         }
+    }
+}
+
+impl std::str::FromStr for Projection {
+    type Err = UnknownProjection;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::from_name(name)
+    }
+}
+
+/// A name that is no projection's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown projection {0:?}: use one of {names}", names = Projection::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownProjection(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_projection_is_found_by_its_name_and_no_other() {
+        for &p in Projection::ALL {
+            assert_eq!(Projection::from_name(p.name()), Ok(p));
+        }
+        let err = Projection::from_name("lead").expect_err("not a projection");
+        let message = err.to_string();
+        assert!(message.contains("\"lead\""), "{message}");
+        assert!(
+            message.contains("tenants, api_keys, customers"),
+            "{message}"
+        );
     }
 }

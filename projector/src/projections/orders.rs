@@ -4,7 +4,7 @@
 //! `deleted_at` set.
 
 use schema::events::stream_types;
-use schema::resources::{Meta, Order};
+use schema::resources::Order;
 
 use super::resource_table::ResourceTable;
 
@@ -27,8 +27,4 @@ impl ResourceTable for Order {
         ("updated_at", "timestamptz"),
         ("deleted_at", "timestamptz"),
     ];
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 }

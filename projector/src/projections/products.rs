@@ -3,7 +3,7 @@
 //! with `deleted_at` set.
 
 use schema::events::stream_types;
-use schema::resources::{Meta, Product};
+use schema::resources::Product;
 
 use super::resource_table::ResourceTable;
 
@@ -24,8 +24,4 @@ impl ResourceTable for Product {
         ("updated_at", "timestamptz"),
         ("deleted_at", "timestamptz"),
     ];
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 }

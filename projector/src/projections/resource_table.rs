@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use schema::envelope::RecordedEvent;
 use schema::events::EventPayload;
-use schema::resources::{Fold, Meta};
+use schema::resources::Fold;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -33,8 +33,6 @@ pub trait ResourceTable: Fold + Send + Sync + Unpin + 'static {
     /// Every column of `TABLE` with its SQL type, as `jsonb_to_recordset`
     /// reads it; each is a field of the state's serialised form.
     const COLUMNS: &'static [(&'static str, &'static str)];
-
-    fn meta(&self) -> &Meta;
 }
 
 /// Applies this batch's events of `T`'s streams to `T`'s table, within the
@@ -50,8 +48,12 @@ pub trait ResourceTable: Fold + Send + Sync + Unpin + 'static {
 /// a stream version not above the row's (an event applied twice), a tenant
 /// that differs from the row's, or a row already at or past the version
 /// being written (a new stream's events applied twice).
+///
+/// `table` is `T::TABLE`, or a table shaped like it: the rebuild fills a
+/// fresh copy of the read model through this same step.
 pub async fn apply_batch<T: ResourceTable>(
     conn: &mut PgConnection,
+    table: &str,
     events: &[(RecordedEvent, EventPayload)],
 ) -> anyhow::Result<()> {
     let ours: Vec<&(RecordedEvent, EventPayload)> = events
@@ -74,7 +76,7 @@ pub async fn apply_batch<T: ResourceTable>(
 
     let mut states: BTreeMap<Uuid, Option<T>> = first.keys().map(|&id| (id, None)).collect();
     if !existing.is_empty() {
-        for row in load::<T>(conn, &existing).await? {
+        for row in load::<T>(conn, table, &existing).await? {
             states.insert(row.meta().id, Some(row));
         }
     }
@@ -84,7 +86,7 @@ pub async fn apply_batch<T: ResourceTable>(
         *slot = Some(fold_one(slot.take(), event, payload)?);
     }
     let rows: Vec<T> = states.into_values().flatten().collect();
-    upsert(conn, &rows).await
+    upsert(conn, table, &rows).await
 }
 
 /// One event onto one state, with the checks the fold does not make.
@@ -128,8 +130,12 @@ fn fold_one<T: ResourceTable>(
 }
 
 /// The current rows of `ids` (those that exist), read as states.
-async fn load<T: ResourceTable>(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<Vec<T>> {
-    let sql = format!("select to_jsonb(t) from {} t where id = any($1)", T::TABLE);
+async fn load<T: ResourceTable>(
+    conn: &mut PgConnection,
+    table: &str,
+    ids: &[Uuid],
+) -> anyhow::Result<Vec<T>> {
+    let sql = format!("select to_jsonb(t) from {table} t where id = any($1)");
     let rows: Vec<Json<T>> = sqlx::query_scalar(&sql)
         // Planned afresh with the ids at hand, never from a cached generic
         // plan: one chosen while the table was small (a fresh database, or
@@ -140,7 +146,7 @@ async fn load<T: ResourceTable>(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow
         .bind(ids)
         .fetch_all(conn)
         .await
-        .with_context(|| format!("failed to load rows of {}", T::TABLE))?;
+        .with_context(|| format!("failed to load rows of {table}"))?;
     Ok(rows.into_iter().map(|Json(row)| row).collect())
 }
 
@@ -148,22 +154,25 @@ async fn load<T: ResourceTable>(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow
 /// only ever replaced by a later version of itself: one already at or past
 /// the version being written means events were applied twice, and fails
 /// the batch.
-async fn upsert<T: ResourceTable>(conn: &mut PgConnection, rows: &[T]) -> anyhow::Result<()> {
+async fn upsert<T: ResourceTable>(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[T],
+) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let written = sqlx::query(&upsert_sql(T::TABLE, T::COLUMNS))
+    let written = sqlx::query(&upsert_sql(table, T::COLUMNS))
         .bind(Json(rows))
         .execute(conn)
         .await
-        .with_context(|| format!("failed to write {} rows of {}", rows.len(), T::TABLE))?
+        .with_context(|| format!("failed to write {} rows of {table}", rows.len()))?
         .rows_affected();
     anyhow::ensure!(
         written == rows.len() as u64,
-        "{} of {} rows of {} were already at or past the version being written: events applied twice",
+        "{} of {} rows of {table} were already at or past the version being written: events applied twice",
         rows.len() as u64 - written,
         rows.len(),
-        T::TABLE
     );
     Ok(())
 }

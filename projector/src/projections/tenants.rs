@@ -7,15 +7,24 @@ use schema::events::EventPayload;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+/// Applies one event to `table` (`tenants`, or the rebuild's copy of it).
 pub async fn apply(
     conn: &mut PgConnection,
+    table: &str,
     event: &RecordedEvent,
     payload: &EventPayload,
 ) -> anyhow::Result<()> {
     match payload {
         // A TenantCreated's stream id is the tenant id.
         EventPayload::TenantCreated(created) => {
-            insert_tenant(conn, event.stream_id, &created.name, event.occurred_at).await
+            insert_tenant(
+                conn,
+                table,
+                event.stream_id,
+                &created.name,
+                event.occurred_at,
+            )
+            .await
         }
         _ => Ok(()),
     }
@@ -26,16 +35,19 @@ pub async fn apply(
 /// twice, and that must fail loudly rather than be absorbed.
 async fn insert_tenant(
     conn: &mut PgConnection,
+    table: &str,
     id: Uuid,
     name: &str,
     created_at: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    sqlx::query("insert into tenants (id, name, created_at) values ($1, $2, $3)")
-        .bind(id)
-        .bind(name)
-        .bind(created_at)
-        .execute(conn)
-        .await
-        .with_context(|| format!("failed to insert tenant {id}"))?;
+    sqlx::query(&format!(
+        "insert into {table} (id, name, created_at) values ($1, $2, $3)"
+    ))
+    .bind(id)
+    .bind(name)
+    .bind(created_at)
+    .execute(conn)
+    .await
+    .with_context(|| format!("failed to insert tenant {id}"))?;
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! `deleted_at` set. Secrets arrive sealed and stay sealed.
 
 use schema::events::stream_types;
-use schema::resources::Meta;
 use schema::webhook_endpoints::WebhookEndpoint;
 
 use super::resource_table::ResourceTable;
@@ -28,8 +27,4 @@ impl ResourceTable for WebhookEndpoint {
         ("updated_at", "timestamptz"),
         ("deleted_at", "timestamptz"),
     ];
-
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
 }

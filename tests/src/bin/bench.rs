@@ -18,6 +18,8 @@ mod database;
 mod harness;
 #[path = "bench/leads.rs"]
 mod leads;
+#[path = "bench/rebuild.rs"]
+mod rebuild;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/webhooks.rs"]
@@ -104,6 +106,8 @@ enum Scenario {
     Leads(leads::Args),
     /// Webhooks: PATCH → receiver latency at 500/s, deliveries/s to 100 endpoints.
     Webhooks(webhooks::Args),
+    /// 1,000,000 events: every read model rebuilt from the log, against a COPY of its rows.
+    Rebuild(rebuild::Args),
 }
 
 impl Scenario {
@@ -114,6 +118,7 @@ impl Scenario {
             Scenario::Auth(auth::Args::default()),
             Scenario::Leads(leads::Args::default()),
             Scenario::Webhooks(webhooks::Args::default()),
+            Scenario::Rebuild(rebuild::Args::default()),
         ]
     }
 
@@ -123,6 +128,7 @@ impl Scenario {
             Scenario::Auth(args) => auth::run(common, args).await,
             Scenario::Leads(args) => leads::run(common, args).await,
             Scenario::Webhooks(args) => webhooks::run(common, args).await,
+            Scenario::Rebuild(args) => rebuild::run(common, args).await,
         }
     }
 }

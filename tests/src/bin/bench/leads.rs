@@ -370,7 +370,7 @@ async fn tenant_and_key(store: &EventStore) -> anyhow::Result<(Uuid, String)> {
     let minted = EventPayload::from(KeyMinted {
         label: "bench".into(),
         scopes: vec![Scope::Read, Scope::Write],
-        key_hash: key.hash(),
+        key_sha256: key.hash(),
         key_start: key.start(),
         expires_at: None,
         allowed_ips: Vec::new(),

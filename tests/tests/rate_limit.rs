@@ -1,0 +1,252 @@
+//! `jeanus_rate_limit` (schema/migrations/0013) against a model of the exact
+//! sliding window: random batches of requests over several keys, limits and
+//! sleeps, each decision checked against the times of the requests the
+//! function accepted before it. The api's tests (layers.rs) check the same
+//! limiter through HTTP across instances; these check the function's
+//! arithmetic, including the window's advance after a long idle time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const WINDOW_MS: i64 = 300;
+/// The decision times come back floored to whole milliseconds: a request
+/// this close to the window's edge is not judged by the model.
+const EDGE_MS: i64 = 2;
+
+#[derive(Debug, sqlx::FromRow)]
+struct Decision {
+    idx: i64,
+    allowed: bool,
+    remaining: i32,
+    reset_after_ms: i64,
+    now_ms: i64,
+}
+
+async fn decide(db: &PgPool, requests: &[(Uuid, i32, bool)], window_ms: i64) -> Vec<Decision> {
+    let keys: Vec<Uuid> = requests.iter().map(|r| r.0).collect();
+    let limits: Vec<i32> = requests.iter().map(|r| r.1).collect();
+    let consume: Vec<bool> = requests.iter().map(|r| r.2).collect();
+    let rows: Vec<Decision> = sqlx::query_as(
+        "select idx, allowed, remaining, reset_after_ms, now_ms \
+           from jeanus_rate_limit($1, $2, $3, $4)",
+    )
+    .bind(&keys)
+    .bind(&limits)
+    .bind(&consume)
+    .bind(window_ms)
+    .fetch_all(db)
+    .await
+    .expect("jeanus_rate_limit runs");
+    assert_eq!(rows.len(), requests.len(), "one decision per request");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(
+            row.idx,
+            i as i64 + 1,
+            "decisions come back in request order"
+        );
+    }
+    rows
+}
+
+/// Per key: its limit and the times of the requests it had accepted.
+#[derive(Default)]
+struct Model {
+    keys: HashMap<Uuid, (i32, Vec<i64>)>,
+}
+
+impl Model {
+    /// Checks one decision; returns false when the request was too close to
+    /// the window's edge to judge (its acceptance is then taken as decided).
+    fn check(&mut self, key: Uuid, limit: i32, spend: bool, d: &Decision, what: &str) -> bool {
+        let entry = self.keys.entry(key).or_insert((limit, Vec::new()));
+        if entry.0 != limit {
+            // A changed limit starts the key over.
+            *entry = (limit, Vec::new());
+        }
+        let times = &mut entry.1;
+        let cutoff = d.now_ms - WINDOW_MS;
+        let near_edge = times.iter().any(|&t| (t - cutoff).abs() <= EDGE_MS);
+        let in_window = times.iter().filter(|&&t| t > cutoff).count() as i32;
+        if !near_edge {
+            let allowed = in_window < limit;
+            assert_eq!(
+                d.allowed, allowed,
+                "{what}: allowed with {in_window} of {limit} in the window"
+            );
+            let after = in_window + i32::from(allowed && spend);
+            assert_eq!(d.remaining, limit - after, "{what}: remaining");
+            if d.remaining > 0 {
+                assert_eq!(
+                    d.reset_after_ms, 0,
+                    "{what}: nothing to wait for while some remain"
+                );
+            } else {
+                let oldest = times
+                    .iter()
+                    .copied()
+                    .filter(|&t| t > cutoff)
+                    .min()
+                    .unwrap_or(d.now_ms);
+                let expected = oldest + WINDOW_MS - d.now_ms;
+                assert!(
+                    (d.reset_after_ms - expected).abs() <= EDGE_MS,
+                    "{what}: reset after {} ms, expected about {expected}",
+                    d.reset_after_ms
+                );
+            }
+        }
+        if d.allowed && spend {
+            times.push(d.now_ms);
+        }
+        // Safety, whatever the edge: never more than the limit in a window.
+        let last = times.last().copied().unwrap_or(d.now_ms);
+        let recent = times
+            .iter()
+            .filter(|&&t| t > last - WINDOW_MS + EDGE_MS)
+            .count() as i32;
+        assert!(
+            recent <= limit,
+            "{what}: {recent} accepted within one window, limit {limit}"
+        );
+        !near_edge
+    }
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn random_batches_agree_with_the_exact_sliding_window(db: PgPool) {
+    let mut rng = StdRng::seed_from_u64(0x6a65_616e_7573);
+    let keys: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let mut limits: HashMap<Uuid, i32> = keys.iter().map(|k| (*k, rng.gen_range(1..=6))).collect();
+    let mut model = Model::default();
+    let mut judged = 0;
+    let mut refused = 0;
+    for batch_no in 0..120 {
+        if batch_no == 60 {
+            // One key's limit changes mid-run.
+            limits.insert(keys[0], 3);
+        }
+        let n = rng.gen_range(1..=12);
+        let batch: Vec<(Uuid, i32, bool)> = (0..n)
+            .map(|_| {
+                let key = keys[rng.gen_range(0..keys.len())];
+                (key, limits[&key], rng.gen_bool(0.85))
+            })
+            .collect();
+        let decisions = decide(&db, &batch, WINDOW_MS).await;
+        for (i, ((key, limit, spend), d)) in batch.iter().zip(&decisions).enumerate() {
+            if model.check(
+                *key,
+                *limit,
+                *spend,
+                d,
+                &format!("batch {batch_no}, request {i}"),
+            ) {
+                judged += 1;
+            }
+            refused += usize::from(!d.allowed);
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
+    }
+    // The run must have exercised both sides of the limit.
+    assert!(judged > 500, "only {judged} decisions were judged");
+    assert!(
+        refused > 50,
+        "only {refused} refusals: the limit was never reached"
+    );
+}
+
+/// A key with a long history that then goes idle is, after the window, as
+/// free as a new one: the advance finds the window's start however many
+/// requests left it, without reading them one by one.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn a_long_history_leaves_the_window_at_once(db: PgPool) {
+    let key = Uuid::now_v7();
+    let limit = 5_000;
+    for _ in 0..4 {
+        let batch = vec![(key, limit, true); 1_000];
+        let decisions = decide(&db, &batch, WINDOW_MS).await;
+        assert!(decisions.iter().all(|d| d.allowed));
+    }
+    let d = &decide(&db, &[(key, limit, false)], WINDOW_MS).await[0];
+    assert_eq!(d.remaining, 1_000, "4,000 of 5,000 are in the window");
+
+    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 50)).await;
+    let d = &decide(&db, &[(key, limit, true)], WINDOW_MS).await[0];
+    assert!(d.allowed);
+    assert_eq!(
+        d.remaining,
+        limit - 1,
+        "the whole history has left the window"
+    );
+    let (start, accepted): (i64, i64) =
+        sqlx::query_as("select window_start, accepted from rate_limit_state where key_id = $1")
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .expect("the key has a state row");
+    assert_eq!((start, accepted), (4_000, 4_001));
+}
+
+/// Half a history leaves: the window starts at the first request still in it.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn part_of_a_history_leaves_the_window(db: PgPool) {
+    let key = Uuid::now_v7();
+    let limit = 1_000;
+    let first = decide(&db, &vec![(key, limit, true); 300], 400).await;
+    assert!(first.iter().all(|d| d.allowed));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = decide(&db, &vec![(key, limit, true); 200], 400).await;
+    assert!(second.iter().all(|d| d.allowed));
+    assert_eq!(second.last().expect("a decision").remaining, 500);
+    // The first 300 leave; the next 200 stay.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = &decide(&db, &[(key, limit, false)], 400).await[0];
+    assert_eq!(d.remaining, 800, "only the second batch is in the window");
+    let start: i64 =
+        sqlx::query_scalar("select window_start from rate_limit_state where key_id = $1")
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .expect("the key has a state row");
+    assert_eq!(start, 300);
+}
+
+/// Refused requests spend nothing, and a read (`consume = false`) never does.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn refusals_and_reads_spend_nothing(db: PgPool) {
+    let key = Uuid::now_v7();
+    let batch = vec![
+        (key, 2, false),
+        (key, 2, true),
+        (key, 2, false),
+        (key, 2, true),
+        (key, 2, true),
+        (key, 2, false),
+    ];
+    let d = decide(&db, &batch, 60_000).await;
+    let got: Vec<(bool, i32)> = d.iter().map(|d| (d.allowed, d.remaining)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (true, 2),
+            (true, 1),
+            (true, 1),
+            (true, 0),
+            (false, 0),
+            (false, 0)
+        ]
+    );
+    assert!(d[4].reset_after_ms > 59_000 && d[4].reset_after_ms <= 60_000);
+    let accepted: i64 =
+        sqlx::query_scalar("select accepted from rate_limit_state where key_id = $1")
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .expect("the key has a state row");
+    assert_eq!(accepted, 2);
+}
