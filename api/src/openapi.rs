@@ -26,7 +26,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorResponse};
 use crate::lists;
-use crate::routes::{admin, audit, customers, health, keys, leads, me, orders, products, webhooks};
+use crate::routes::{
+    admin, audit, customers, events, health, keys, leads, me, orders, products, webhooks,
+};
 use crate::state::AppState;
 
 /// Where the document is served. Under `/api/v1` but public: the
@@ -60,6 +62,8 @@ const JSON: &str = "application/json";
         keys::list_keys,
         keys::revoke_key,
         audit::tenant_log,
+        events::list,
+        events::head,
         admin::create_tenant,
         admin::mint_key,
         admin::list_keys,
@@ -104,6 +108,7 @@ const JSON: &str = "application/json";
         (name = "meta", description = "This document"),
         (name = "keys", description = "The caller's key, and the tenant's own keys (`admin` scope)"),
         (name = "audit", description = "Every request, success or failure"),
+        (name = "events", description = "The tenant's event history, hash-chained (`admin` scope)"),
         (name = "operator", description = "Tenants and their keys, for the operator"),
         (name = "customers"),
         (name = "products"),

@@ -1,10 +1,14 @@
 //! `jeanus-projector`: reads the configuration, starts logging and calls
 //! `projector::run`. A start-up error is one line on stderr and exit 1.
+//! `jeanus-projector verify` checks the hash chain instead: exit 0 when it
+//! is intact, 1 when it is broken (the first bad position on stderr), 2 when
+//! it could not be verified.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use projector::config::{self, Config};
+use projector::config::{self, Command, Config};
+use projector::verify::{self, Outcome};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -20,6 +24,20 @@ async fn main() -> ExitCode {
     };
     if let Err(e) = init_tracing() {
         return fail(&e);
+    }
+    if let Some(Command::Verify(args)) = &config.command {
+        let options = verify::Options {
+            tenant: args.tenant,
+            checkpoint: args.from_checkpoint,
+        };
+        return match verify::command(&config.database_url, &options).await {
+            Ok(Outcome::Intact(_)) => ExitCode::SUCCESS,
+            Ok(Outcome::Broken(broken)) => fail(&broken.to_string()),
+            Err(e) => {
+                eprintln!("error: could not verify: {e:#}");
+                ExitCode::from(2)
+            }
+        };
     }
     match projector::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
