@@ -169,7 +169,8 @@ struct Row {
     hash: Vec<u8>,
 }
 
-const COLUMNS: &str = "position, id, tenant_id, event_type, schema_version, stream_type, \
+/// The columns a walk reads, `metadata` and `data` as `jsonb::text`.
+pub const COLUMNS: &str = "position, id, tenant_id, event_type, schema_version, stream_type, \
                        stream_id, stream_version, occurred_at, metadata::text as metadata, \
                        data::text as data, hash";
 
