@@ -25,7 +25,9 @@ use utoipa::openapi::{Content, Object, PathItem, RefOr, Response, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorResponse};
-use crate::routes::{admin, audit, customers, health, keys, leads, me, orders, products, webhooks};
+use crate::routes::{
+    admin, audit, customers, events, health, keys, leads, me, orders, products, webhooks,
+};
 use crate::state::AppState;
 
 /// Where the document is served. Under `/api/v1` but public: the
@@ -59,6 +61,8 @@ const JSON: &str = "application/json";
         keys::list_keys,
         keys::revoke_key,
         audit::tenant_log,
+        events::list,
+        events::head,
         admin::create_tenant,
         admin::mint_key,
         admin::list_keys,
@@ -103,6 +107,7 @@ const JSON: &str = "application/json";
         (name = "meta", description = "This document"),
         (name = "keys", description = "The caller's key, and the tenant's own keys (`admin` scope)"),
         (name = "audit", description = "Every request, success or failure"),
+        (name = "events", description = "The tenant's event history, hash-chained (`admin` scope)"),
         (name = "operator", description = "Tenants and their keys, for the operator"),
         (name = "customers"),
         (name = "products"),

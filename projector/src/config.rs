@@ -1,8 +1,13 @@
 //! The projector's configuration: command-line flags with environment
 //! fallbacks, validated at start-up.
 
+use std::str::FromStr;
+
 use clap::Parser;
 use schema::nats::{InvalidPrefix, Names};
+use uuid::Uuid;
+
+use crate::verify::{self, Checkpoint};
 
 use crate::projections::Projection;
 
@@ -45,6 +50,17 @@ pub struct Config {
     )]
     pub nats_prefix: Names,
 
+    /// When the running projector re-verifies the event log's hash chain
+    /// (a cron expression with seconds: sec min hour day month weekday, UTC).
+    #[arg(
+        long = "verify-schedule",
+        env = "JEANUS_VERIFY_SCHEDULE",
+        value_name = "JEANUS_VERIFY_SCHEDULE",
+        default_value = verify::DEFAULT_SCHEDULE,
+        value_parser = parse_schedule
+    )]
+    pub verify_schedule: cron::Schedule,
+
     /// What to do; without one, follow the event stream (the service).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -57,6 +73,9 @@ pub enum Command {
     /// tables, then swap them in atomically while the api keeps serving the
     /// old ones; a running projector carries on from the swap.
     Rebuild(RebuildArgs),
+    /// Re-walk the event log's hash chain; exit 1 naming the first bad
+    /// position if an event was altered, removed or reordered.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -70,6 +89,17 @@ pub struct RebuildArgs {
     #[arg(long, value_name = "EVENTS", default_value_t = crate::rebuild::DEFAULT_PAGE_SIZE,
           value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub page_size: i64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Only this tenant's chain (default: every tenant's).
+    #[arg(long, value_name = "TENANT_ID")]
+    pub tenant: Option<Uuid>,
+    /// POSITION:HASH, as `GET /api/v1/events/head` gave it: the stored chain
+    /// must hold this hash at this position; verification continues from there.
+    #[arg(long, value_name = "POSITION:HASH")]
+    pub from_checkpoint: Option<Checkpoint>,
 }
 
 impl Config {
@@ -88,6 +118,7 @@ impl Config {
             database_url: database_url.into(),
             nats_url: nats_url.into(),
             nats_prefix: Names::new(prefix)?,
+            verify_schedule: default_schedule(),
             command: None,
         })
     }
@@ -104,6 +135,19 @@ fn parse_prefix(value: &str) -> Result<Names, String> {
 
 fn parse_projection(value: &str) -> Result<Projection, String> {
     Projection::from_name(value).map_err(|e| e.to_string())
+}
+
+fn parse_schedule(value: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(value).map_err(|e| {
+        format!("not a cron expression with seconds (sec min hour day month weekday): {e}")
+    })
+}
+
+/// The schedule [`verify::DEFAULT_SCHEDULE`] names.
+pub fn default_schedule() -> cron::Schedule {
+    // A constant that the tests parse: it cannot fail.
+    cron::Schedule::from_str(verify::DEFAULT_SCHEDULE)
+        .unwrap_or_else(|e| unreachable!("the default verify schedule is invalid: {e}"))
 }
 
 /// Reduces a clap error to one line for `error: …` on stderr, naming the
@@ -185,5 +229,54 @@ mod tests {
             .map(|a| a.get_default_values().to_vec());
         assert_eq!(nats_default, Some(vec!["nats://127.0.0.1:4222".into()]));
         assert_eq!(c.nats_prefix.prefix(), "jeanus");
+        assert!(c.command.is_none());
+        let schedule_default = <Config as clap::CommandFactory>::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "verify_schedule")
+            .map(|a| a.get_default_values().to_vec());
+        assert_eq!(schedule_default, Some(vec!["0 0 3 * * *".into()]));
+    }
+
+    #[test]
+    fn verify_takes_a_tenant_and_a_checkpoint() {
+        let tenant = Uuid::now_v7();
+        let hash = "0f".repeat(32);
+        let c = Config::try_parse_from([
+            "jeanus-projector",
+            "--database-url=postgres://h/db",
+            "verify",
+            &format!("--tenant={tenant}"),
+            &format!("--from-checkpoint=12:{hash}"),
+        ])
+        .expect("valid");
+        let Some(Command::Verify(args)) = c.command else {
+            panic!("not verify: {:?}", c.command);
+        };
+        assert_eq!(args.tenant, Some(tenant));
+        assert_eq!(args.from_checkpoint.map(|c| c.position), Some(12));
+
+        let e = Config::try_parse_from([
+            "jeanus-projector",
+            "--database-url=postgres://h/db",
+            "verify",
+            "--from-checkpoint=12",
+        ])
+        .expect_err("refused");
+        assert!(one_line(&e).contains("POSITION:HASH"), "{}", one_line(&e));
+    }
+
+    #[test]
+    fn a_bad_verify_schedule_names_the_variable() {
+        let e = Config::try_parse_from([
+            "jeanus-projector",
+            "--database-url=postgres://h/db",
+            "--verify-schedule=nightly",
+        ])
+        .expect_err("refused");
+        assert!(
+            one_line(&e).contains("JEANUS_VERIFY_SCHEDULE"),
+            "{}",
+            one_line(&e)
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! The projector: follows the event stream on JetStream and keeps the read
-//! models in PostgreSQL up to date; `rebuild` rebuilds them from the log.
+//! models in PostgreSQL up to date; `rebuild` rebuilds them from the log;
+//! and it re-verifies the event log's hash chain, on a schedule or once
+//! (`jeanus-projector verify`, [`verify`]).
 
 use std::future::Future;
 
@@ -7,6 +9,7 @@ pub mod config;
 pub mod consumer;
 pub mod projections;
 pub mod rebuild;
+pub mod verify;
 
 use config::Config;
 
@@ -30,6 +33,11 @@ pub async fn run(
             stop.cancel();
         }
     });
+    let nightly = tokio::spawn(verify::run_scheduled(
+        db.clone(),
+        config.verify_schedule.clone(),
+        stop.clone(),
+    ));
     let js = async_nats::jetstream::new(nats.clone());
     let projections = projections::Projection::ALL.to_vec();
     let result = consumer::run(
@@ -37,10 +45,14 @@ pub async fn run(
         js,
         config.nats_prefix.clone(),
         projections,
-        stop,
+        stop.clone(),
     )
     .await;
 
+    stop.cancel();
+    if let Err(e) = nightly.await {
+        tracing::error!(error = %e, "the scheduled verification panicked");
+    }
     if let Err(e) = nats.drain().await {
         tracing::warn!(error = %e, "failed to drain the NATS connection");
     }

@@ -1,11 +1,14 @@
 //! `jeanus-projector`: reads the configuration, starts logging and calls
 //! `projector::run` (or, for `rebuild`, `projector::rebuild::run`). An error
-//! is one line on stderr and exit 1.
+//! is one line on stderr and exit 1. `jeanus-projector verify` checks the
+//! hash chain instead: exit 0 when it is intact, 1 when it is broken (the
+//! first bad position on stderr), 2 when it could not be verified.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use projector::config::{self, Command, Config};
+use projector::verify::{self, Outcome};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -25,10 +28,28 @@ async fn main() -> ExitCode {
     let result = match config.command.clone() {
         None => projector::run(config, shutdown_signal()).await,
         Some(Command::Rebuild(args)) => projector::rebuild::run(config, args).await,
+        Some(Command::Verify(args)) => return verify_once(&config.database_url, &args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+/// `jeanus-projector verify`: 0 intact, 1 broken (naming the first bad
+/// position), 2 not verifiable.
+async fn verify_once(database_url: &str, args: &config::VerifyArgs) -> ExitCode {
+    let options = verify::Options {
+        tenant: args.tenant,
+        checkpoint: args.from_checkpoint,
+    };
+    match verify::command(database_url, &options).await {
+        Ok(Outcome::Intact(_)) => ExitCode::SUCCESS,
+        Ok(Outcome::Broken(broken)) => fail(&broken.to_string()),
+        Err(e) => {
+            eprintln!("error: could not verify: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! to NATS JetStream, and the SQL migrations every service runs against.
 
 pub mod batch;
+pub mod chain;
 pub mod connect;
 pub mod envelope;
 pub mod events;

@@ -2,6 +2,7 @@
 //! namespace per test, the services started in-process or as real
 //! processes, and polling with deadlines.
 
+pub mod chain;
 pub mod declared_routes;
 pub mod env;
 pub mod faults;

@@ -66,15 +66,51 @@ impl Params {
 
     /// `limit`: 1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`].
     pub fn limit(&self) -> ApiResult<i64> {
-        match self.get("limit") {
-            None => Ok(DEFAULT_LIMIT),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|l| (1..=MAX_LIMIT).contains(l))
-                .ok_or_else(|| {
-                    invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
-                }),
+        Ok(self
+            .integer("limit", 1..=MAX_LIMIT)?
+            .unwrap_or(DEFAULT_LIMIT))
+    }
+
+    /// An integer within `range`.
+    pub fn integer(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> ApiResult<Option<i64>> {
+        self.get(name)
+            .map(|v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| match range.end() {
+                        &i64::MAX => invalid(
+                            name,
+                            format!("must be an integer, {} or more", range.start()),
+                        ),
+                        end => invalid(
+                            name,
+                            format!("must be an integer from {} to {end}", range.start()),
+                        ),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Whether the parameter was given at all.
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// A non-empty text of at most `max` characters, without NUL.
+    pub fn text(&self, name: &str, max: usize) -> ApiResult<Option<String>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some("") => Err(invalid(name, "must not be empty")),
+            Some(v) if v.chars().count() > max => {
+                Err(invalid(name, format!("must be at most {max} characters")))
+            }
+            Some(v) if v.contains('\0') => Err(invalid(name, "must not contain NUL characters")),
+            Some(v) => Ok(Some(v.to_owned())),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::state::AppState;
 pub mod admin;
 pub mod audit;
 pub mod customers;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod leads;
@@ -25,6 +26,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         // GET /api/v1/openapi.json, public.
         .merge(crate::openapi::router())
         .merge(audit::router())
+        // GET /api/v1/events and /api/v1/events/head: the history.
+        .merge(events::router())
         .merge(admin::router())
         .merge(keys::router())
         .merge(me::router())

@@ -12,6 +12,8 @@
 mod append;
 #[path = "bench/auth.rs"]
 mod auth;
+#[path = "bench/chain.rs"]
+mod chain;
 #[path = "bench/database.rs"]
 mod database;
 #[path = "bench/harness.rs"]
@@ -102,6 +104,8 @@ enum Scenario {
     Append(append::Args),
     /// Authenticated GET /api/v1/me (every layer) against GET /healthz.
     Auth(auth::Args),
+    /// The hash chain: append cost with and without it; verify's rate over 1,000,000 events.
+    Chain(chain::Args),
     /// 100,000 leads: list throughput against direct SQL, POST, projection lag.
     Leads(leads::Args),
     /// Webhooks: PATCH → receiver latency at 500/s, deliveries/s to 100 endpoints.
@@ -116,6 +120,7 @@ impl Scenario {
         vec![
             Scenario::Append(append::Args::default()),
             Scenario::Auth(auth::Args::default()),
+            Scenario::Chain(chain::Args::default()),
             Scenario::Leads(leads::Args::default()),
             Scenario::Webhooks(webhooks::Args::default()),
             Scenario::Rebuild(rebuild::Args::default()),
@@ -126,6 +131,7 @@ impl Scenario {
         match self {
             Scenario::Append(args) => append::run(common, args).await,
             Scenario::Auth(args) => auth::run(common, args).await,
+            Scenario::Chain(args) => chain::run(common, args).await,
             Scenario::Leads(args) => leads::run(common, args).await,
             Scenario::Webhooks(args) => webhooks::run(common, args).await,
             Scenario::Rebuild(args) => rebuild::run(common, args).await,

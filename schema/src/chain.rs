@@ -1,0 +1,160 @@
+//! The hash chain's encoding, as `jeanus_append` computes it at append
+//! (migration 0010) and as `jeanus-projector verify` recomputes it:
+//! `hash = SHA-256(prev_hash ‖ canonical bytes)`, chained per tenant, where
+//! a tenant's first event has 32 zero bytes ([`GENESIS`]) for `prev_hash`.
+//!
+//! The canonical bytes are the UTF-8 text PostgreSQL prints for the jsonb
+//! object of the event as `GET /api/v1/events` returns it, without `hash`
+//! (ARCHITECTURE.md, "Tamper evidence"): keys sorted by byte length, then
+//! bytewise; `", "` and `": "` separators; `metadata` and `data` as
+//! `jsonb::text` prints them. This module writes the same text from the
+//! columns, with `metadata` and `data` taken as PostgreSQL printed them, so
+//! that a check here never trusts the database's own function.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The `prev_hash` of a tenant's first event.
+pub const GENESIS: Hash = [0; 32];
+
+pub type Hash = [u8; 32];
+
+/// One stored event, with `metadata` and `data` as `jsonb::text`.
+#[derive(Debug, Clone, Copy)]
+pub struct CanonicalEvent<'a> {
+    pub position: i64,
+    pub id: Uuid,
+    pub event_type: &'a str,
+    pub schema_version: i32,
+    pub stream_type: &'a str,
+    pub stream_id: Uuid,
+    pub stream_version: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub metadata: &'a str,
+    pub data: &'a str,
+}
+
+/// `occurred_at` as the chain and the history API write it: UTC, always six
+/// fractional digits (`2026-01-31T09:00:00.000000Z`), as PostgreSQL's
+/// `to_char(… at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`.
+pub fn format_occurred_at(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Writes the canonical bytes of `event` into `out` (cleared first).
+pub fn write_canonical(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{{\"id\": \"{}\", \"data\": {}, \"type\": {}, \"metadata\": {}, \"position\": {}, \
+         \"stream_id\": \"{}\", \"occurred_at\": \"{}\", \"stream_type\": {}, \
+         \"schema_version\": {}, \"stream_version\": {}}}",
+        event.id,
+        event.data,
+        json_string(event.event_type),
+        event.metadata,
+        event.position,
+        event.stream_id,
+        event.occurred_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        json_string(event.stream_type),
+        event.schema_version,
+        event.stream_version,
+    );
+}
+
+/// The canonical bytes of `event`.
+pub fn canonical(event: &CanonicalEvent<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + event.data.len() + event.metadata.len());
+    write_canonical(event, &mut out);
+    out
+}
+
+/// One link: `SHA-256(prev ‖ canonical)`.
+pub fn next_hash(prev: &Hash, canonical: &[u8]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(canonical);
+    hasher.finalize().into()
+}
+
+/// A JSON string as PostgreSQL's `escape_json` writes it, which serde_json
+/// matches: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other control
+/// characters as `\u00xx`, everything else (non-ASCII too) as is.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// A hash as lower-case hex (64 characters), as the history API shows it.
+pub fn to_hex(hash: &[u8]) -> String {
+    hex::encode(hash)
+}
+
+/// A hash from 64 hex digits (either case).
+pub fn from_hex(text: &str) -> Option<Hash> {
+    let mut hash = GENESIS;
+    hex::decode_to_slice(text, &mut hash).ok()?;
+    Some(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(data: &'a str, event_type: &'a str) -> CanonicalEvent<'a> {
+        CanonicalEvent {
+            position: 7,
+            id: Uuid::parse_str("0193a7c6-8b4e-7c1d-9e2f-0a1b2c3d4e51").expect("uuid"),
+            event_type,
+            schema_version: 2,
+            stream_type: "lead",
+            stream_id: Uuid::parse_str("0193a7c6-8b4e-7c1d-9e2f-0a1b2c3d4e50").expect("uuid"),
+            stream_version: 3,
+            occurred_at: DateTime::parse_from_rfc3339("2026-01-01T00:00:00.5Z")
+                .expect("time")
+                .with_timezone(&Utc),
+            metadata: "{}",
+            data,
+        }
+    }
+
+    #[test]
+    fn the_encoding_is_the_jsonb_text_of_the_event() {
+        let bytes = canonical(&sample(r#"{"b": 1.50}"#, "LeadCreated"));
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf-8"),
+            r#"{"id": "0193a7c6-8b4e-7c1d-9e2f-0a1b2c3d4e51", "data": {"b": 1.50}, "type": "LeadCreated", "metadata": {}, "position": 7, "stream_id": "0193a7c6-8b4e-7c1d-9e2f-0a1b2c3d4e50", "occurred_at": "2026-01-01T00:00:00.500000Z", "stream_type": "lead", "schema_version": 2, "stream_version": 3}"#
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_postgresql_escapes_them() {
+        assert_eq!(
+            json_string("a\"b\\c\nd\u{1}é\u{7f}"),
+            "\"a\\\"b\\\\c\\nd\\u0001é\u{7f}\""
+        );
+    }
+
+    #[test]
+    fn each_link_covers_the_previous_hash() {
+        let bytes = canonical(&sample("{}", "X"));
+        let first = next_hash(&GENESIS, &bytes);
+        assert_ne!(next_hash(&first, &bytes), first);
+        // SHA-256 of 32 zero bytes followed by "abc", computed with Python's hashlib.
+        assert_eq!(
+            to_hex(&next_hash(&GENESIS, b"abc")),
+            "365aa7d8f7f9402c4b9434502b4cc89ddb09fe50d7cd95b493b834c62d5a5370"
+        );
+    }
+
+    #[test]
+    fn hashes_round_trip_through_hex() {
+        let h = next_hash(&GENESIS, b"x");
+        assert_eq!(from_hex(&to_hex(&h)), Some(h));
+        assert_eq!(from_hex(&to_hex(&h).to_uppercase()), Some(h));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex(&"g".repeat(64)), None);
+    }
+}
