@@ -80,6 +80,75 @@ pub fn next_hash(prev: &Hash, canonical: &[u8]) -> Hash {
     hasher.finalize().into()
 }
 
+/// Writes `value` as PostgreSQL prints it once stored as `jsonb`
+/// (`jsonb::text`), so that the event store's writer can build an event's
+/// canonical bytes before the database has stored it: objects with their
+/// keys sorted by byte length, then bytewise, `", "` and `": "` between
+/// items, strings escaped as [`json_string`] says, numbers as written.
+///
+/// Returns `false`, with `out` partly written, for what it cannot be sure
+/// of: a number PostgreSQL would rewrite (`1e21` is printed
+/// `1000000000000000000000`, `-0.0` is printed `0.0`). The caller then
+/// leaves the hash to the database.
+pub fn write_jsonb_text(value: &serde_json::Value, out: &mut Vec<u8>) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            let text = n.to_string();
+            let plain = n.is_i64()
+                || n.is_u64()
+                || !(text.contains(['e', 'E'])
+                    || n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()));
+            if !plain {
+                return false;
+            }
+            out.extend_from_slice(text.as_bytes());
+        }
+        Value::String(s) => write_json_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                if !write_jsonb_text(item, out) {
+                    return false;
+                }
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|(a, _), (b, _)| {
+                a.len()
+                    .cmp(&b.len())
+                    .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+            });
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_json_string(key, out);
+                out.extend_from_slice(b": ");
+                if !write_jsonb_text(item, out) {
+                    return false;
+                }
+            }
+            out.push(b'}');
+        }
+    }
+    true
+}
+
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
 /// A JSON string as PostgreSQL's `escape_json` writes it, which serde_json
 /// matches: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other control
 /// characters as `\u00xx`, everything else (non-ASCII too) as is.

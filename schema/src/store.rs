@@ -10,14 +10,17 @@
 //! process funnels its appends through one [`Batcher`]: one round trip and
 //! one commit (one WAL flush) for many appends, instead of one each.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use chrono::SubsecRound as _;
 use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::batch::Batcher;
+use crate::chain::{self, CanonicalEvent, Hash};
 use crate::envelope::{NewEvent, RecordedEvent};
 
 /// The channel on which `jeanus_append` notifies, at commit, the new head position.
@@ -30,6 +33,9 @@ pub const PROJECTED_CHANNEL: &str = "jeanus_projected";
 const MAX_BATCH_APPENDS: usize = 512;
 /// Most events one batch carries (an append is never split).
 const MAX_BATCH_EVENTS: usize = 4096;
+/// Most tenants whose chain tips the writer remembers; past that it
+/// forgets them all, and the database chains their next batch.
+const MAX_CHAIN_TIPS: usize = 65_536;
 
 /// The stream (aggregate) an append goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,6 +106,20 @@ struct AppendRequest {
     events: Vec<NewEvent>,
 }
 
+impl AppendRequest {
+    fn new(stream: StreamRef, expected: ExpectedVersion, mut events: Vec<NewEvent>) -> Self {
+        // PostgreSQL keeps microseconds: the writer hashes what is stored.
+        for event in &mut events {
+            event.occurred_at = event.occurred_at.trunc_subsecs(6);
+        }
+        Self {
+            stream,
+            expected: expected.as_option(),
+            events,
+        }
+    }
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct AppendRow {
     idx: i32,
@@ -107,6 +127,10 @@ struct AppendRow {
     version: i64,
     first_position: Option<i64>,
     last_position: Option<i64>,
+    /// The hash of the append's last event (when it wrote any).
+    last_hash: Option<Vec<u8>>,
+    /// The stored hashes are the ones this writer sent.
+    writer_chained: Option<bool>,
 }
 
 struct Pending {
@@ -118,19 +142,32 @@ struct Pending {
 #[derive(Clone)]
 pub struct EventStore {
     writer: Batcher<Pending, Result<Appended, AppendError>>,
+    tip: Arc<Mutex<ChainTip>>,
 }
 
 impl EventStore {
     /// Start the writer task on the current tokio runtime. It stops once every
     /// handle is dropped and the queue is drained.
     pub fn spawn(pool: PgPool) -> Self {
+        // One batch in flight at a time: the tip is never contended.
+        let tip = Arc::new(Mutex::new(ChainTip::default()));
         let writer = Batcher::spawn(
             MAX_BATCH_APPENDS,
             MAX_BATCH_EVENTS,
             |p: &Pending| p.request.events.len(),
-            move |batch| commit_batch(pool.clone(), batch),
+            {
+                let tip = tip.clone();
+                move |batch| commit_batch(pool.clone(), tip.clone(), batch)
+            },
         );
-        Self { writer }
+        Self { writer, tip }
+    }
+
+    /// How many of this writer's batches were stored with the hashes it
+    /// computed itself; the database chained the others (the first one,
+    /// and any after another writer appended).
+    pub fn batches_chained_by_writer(&self) -> u64 {
+        lock(&self.tip).chained_batches
     }
 
     /// Append `events` to `stream` if it is at `expected`, atomically: either
@@ -143,11 +180,7 @@ impl EventStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, AppendError> {
         let pending = Pending {
-            request: AppendRequest {
-                stream,
-                expected: expected.as_option(),
-                events,
-            },
+            request: AppendRequest::new(stream, expected, events),
             expected,
         };
         self.writer
@@ -166,26 +199,31 @@ pub async fn append_in<'e>(
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
 ) -> Result<Appended, AppendError> {
-    let request = AppendRequest {
-        stream,
-        expected: expected.as_option(),
-        events,
-    };
-    let rows = execute(executor, std::slice::from_ref(&request)).await?;
+    let request = AppendRequest::new(stream, expected, events);
+    let rows = execute(executor, std::slice::from_ref(&request), None).await?;
     match rows.into_iter().next() {
         Some(row) => outcome(&request, expected, row),
         None => Err(AppendError::Database(Arc::new(sqlx::Error::RowNotFound))),
     }
 }
 
+/// One call of `jeanus_append`, with the writer's chain when it has one
+/// (else the database chains the batch).
 async fn execute<'e, T: Serialize + Sync>(
     executor: impl PgExecutor<'e>,
     batch: &[T],
+    chained: Option<Prediction>,
 ) -> Result<Vec<AppendRow>, sqlx::Error> {
+    let chained = chained.unwrap_or_default();
     sqlx::query_as::<_, AppendRow>(
-        "select idx, outcome, version, first_position, last_position from jeanus_append($1)",
+        "select idx, outcome, version, first_position, last_position, last_hash, writer_chained
+           from jeanus_append($1, $2, $3, $4, $5)",
     )
     .bind(sqlx::types::Json(batch))
+    .bind(chained.head)
+    .bind(chained.tenants)
+    .bind(chained.seeds)
+    .bind(chained.hashes)
     .fetch_all(executor)
     .await
 }
@@ -220,11 +258,17 @@ fn outcome(
 /// Commit one batch and answer each caller. If the batch as a whole fails
 /// for a reason other than the connection (one bad append, say), retry each
 /// append alone so that one caller's failure is not everyone's.
-async fn commit_batch(pool: PgPool, batch: Vec<Pending>) -> Vec<Result<Appended, AppendError>> {
+async fn commit_batch(
+    pool: PgPool,
+    tip: Arc<Mutex<ChainTip>>,
+    batch: Vec<Pending>,
+) -> Vec<Result<Appended, AppendError>> {
     let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
-    match execute(&pool, &requests).await {
+    let predicted = lock(&tip).predict(&requests);
+    match execute(&pool, &requests, predicted).await {
         Ok(mut rows) if rows.len() == batch.len() => {
             rows.sort_by_key(|r| r.idx);
+            lock(&tip).learn(&requests, &rows);
             batch
                 .iter()
                 .zip(rows)
@@ -334,4 +378,128 @@ pub async fn head<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error>
     sqlx::query_scalar("select position from event_log_head where singleton")
         .fetch_one(executor)
         .await
+}
+
+fn lock(tip: &Mutex<ChainTip>) -> std::sync::MutexGuard<'_, ChainTip> {
+    // The tip is plain data, whole after any panic: a poisoned lock is fine.
+    tip.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the writer knows of the log's end after its last batch: the head
+/// and, for each tenant it appended to, the hash that tenant's next event
+/// chains from. Both hold as long as no other writer appends; when one
+/// does, `jeanus_append` sees the head moved, computes the chain itself
+/// (migration 0016), and the writer learns the new tip from its answer.
+#[derive(Debug, Default)]
+struct ChainTip {
+    head: Option<i64>,
+    seeds: HashMap<Uuid, Hash>,
+    /// Batches stored with the writer's hashes, for
+    /// [`EventStore::batches_chained_by_writer`].
+    chained_batches: u64,
+}
+
+/// A batch chained by the writer: the head it expects, the hash each tenant
+/// chains from, and one hash per event in batch order, as if every append
+/// were accepted.
+#[derive(Debug, Default)]
+struct Prediction {
+    head: Option<i64>,
+    tenants: Option<Vec<Uuid>>,
+    seeds: Option<Vec<Vec<u8>>>,
+    hashes: Option<Vec<Vec<u8>>>,
+}
+
+impl ChainTip {
+    /// The batch's chain, if the writer can compute it: it knows the head
+    /// and the tip of every tenant, every append says which version its
+    /// stream is at, and every payload's `jsonb` text is certain.
+    fn predict(&self, requests: &[&AppendRequest]) -> Option<Prediction> {
+        let head = self.head?;
+        let mut tips: HashMap<Uuid, Hash> = HashMap::new();
+        let (mut tenants, mut seeds) = (Vec::new(), Vec::new());
+        let mut hashes = Vec::with_capacity(requests.iter().map(|r| r.events.len()).sum());
+        let (mut data, mut metadata, mut canonical) = (Vec::new(), Vec::new(), Vec::new());
+        let mut position = head;
+        for request in requests {
+            let base = request.expected?;
+            let tenant = request.stream.tenant_id;
+            let mut prev = match tips.get(&tenant) {
+                Some(hash) => *hash,
+                None => {
+                    let seed = *self.seeds.get(&tenant)?;
+                    tenants.push(tenant);
+                    seeds.push(seed.to_vec());
+                    seed
+                }
+            };
+            for (version, event) in (base + 1..).zip(&request.events) {
+                position += 1;
+                data.clear();
+                metadata.clear();
+                let metadata_value = serde_json::to_value(&event.metadata).ok()?;
+                if !chain::write_jsonb_text(&event.data, &mut data)
+                    || !chain::write_jsonb_text(&metadata_value, &mut metadata)
+                {
+                    return None;
+                }
+                chain::write_canonical(
+                    &CanonicalEvent {
+                        position,
+                        id: event.id,
+                        event_type: event.event_type,
+                        schema_version: event.schema_version,
+                        stream_type: request.stream.stream_type,
+                        stream_id: request.stream.stream_id,
+                        stream_version: version,
+                        occurred_at: event.occurred_at,
+                        metadata: std::str::from_utf8(&metadata).ok()?,
+                        data: std::str::from_utf8(&data).ok()?,
+                    },
+                    &mut canonical,
+                );
+                prev = chain::next_hash(&prev, &canonical);
+                hashes.push(prev.to_vec());
+            }
+            tips.insert(tenant, prev);
+        }
+        Some(Prediction {
+            head: Some(head),
+            tenants: Some(tenants),
+            seeds: Some(seeds),
+            hashes: Some(hashes),
+        })
+    }
+
+    /// Learns the tip from a batch's answer (`rows` in batch order). When
+    /// the batch did not start right after the head the writer knew,
+    /// another writer appended in between and every tip it knew may be
+    /// stale: it keeps only this batch's.
+    fn learn(&mut self, requests: &[&AppendRequest], rows: &[AppendRow]) {
+        let Some(first) = rows.iter().filter_map(|r| r.first_position).min() else {
+            return; // nothing written, nothing learnt
+        };
+        if rows.iter().any(|r| r.writer_chained == Some(true)) {
+            self.chained_batches += 1;
+        }
+        if self.head != Some(first - 1) || self.seeds.len() >= MAX_CHAIN_TIPS {
+            self.seeds.clear();
+        }
+        for (request, row) in requests.iter().zip(rows) {
+            if let (Some(_), Some(hash)) = (row.last_position, &row.last_hash) {
+                match Hash::try_from(hash.as_slice()) {
+                    Ok(hash) => {
+                        self.seeds.insert(request.stream.tenant_id, hash);
+                    }
+                    Err(_) => {
+                        // Not a SHA-256: let the database chain from here on.
+                        self.head = None;
+                        self.seeds.clear();
+                        return;
+                    }
+                }
+            }
+        }
+        self.head = rows.iter().filter_map(|r| r.last_position).max();
+    }
 }

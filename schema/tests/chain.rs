@@ -1,7 +1,8 @@
-//! The hash chain written by `jeanus_append` (migration 0010) against its
-//! definition: the canonical bytes are the jsonb text of the event object,
-//! as PostgreSQL prints it, and as `schema::chain` writes it; each hash
-//! links to the same tenant's previous one.
+//! The hash chain written by `jeanus_append` (migrations 0010 and 0016)
+//! against its definition: the canonical bytes are the jsonb text of the
+//! event object, as PostgreSQL prints it, and as `schema::chain` writes it;
+//! each hash links to the same tenant's previous one, whether the event
+//! store's writer computed it or the database did.
 
 use std::collections::HashMap;
 
@@ -76,6 +77,42 @@ fn stream(tenant_id: Uuid) -> StreamRef {
     }
 }
 
+/// Checks every stored event against the chain's definition: its canonical
+/// bytes as `schema::chain` writes them equal PostgreSQL's jsonb text and
+/// `jeanus_event_canonical`, and its hash links to its tenant's previous
+/// one. `events` is how many there must be; returns how many chains.
+async fn assert_chained(pool: &PgPool, events: usize) -> usize {
+    let rows = rows(pool).await;
+    assert_eq!(rows.len(), events);
+    let mut prev: HashMap<Uuid, Hash> = HashMap::new();
+    for row in &rows {
+        let ours = chain::canonical(&CanonicalEvent {
+            position: row.position,
+            id: row.id,
+            event_type: &row.event_type,
+            schema_version: row.schema_version,
+            stream_type: &row.stream_type,
+            stream_id: row.stream_id,
+            stream_version: row.stream_version,
+            occurred_at: row.occurred_at,
+            metadata: &row.metadata,
+            data: &row.data,
+        });
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            row.by_jsonb,
+            "position {}",
+            row.position
+        );
+        assert_eq!(ours, row.by_function, "position {}", row.position);
+        let before = prev.get(&row.tenant_id).copied().unwrap_or(GENESIS);
+        let expected = chain::next_hash(&before, &ours);
+        assert_eq!(row.hash, expected.to_vec(), "position {}", row.position);
+        prev.insert(row.tenant_id, expected);
+    }
+    prev.len()
+}
+
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn appends_chain_each_tenant_with_the_documented_encoding(pool: PgPool) {
     let store = EventStore::spawn(pool.clone());
@@ -138,38 +175,10 @@ async fn appends_chain_each_tenant_with_the_documented_encoding(pool: PgPool) {
     .expect("appended in a transaction");
     tx.commit().await.expect("committed");
 
-    let rows = rows(&pool).await;
-    assert_eq!(rows.len(), 5);
-    let mut prev: HashMap<Uuid, Hash> = HashMap::new();
-    for row in &rows {
-        let ours = chain::canonical(&CanonicalEvent {
-            position: row.position,
-            id: row.id,
-            event_type: &row.event_type,
-            schema_version: row.schema_version,
-            stream_type: &row.stream_type,
-            stream_id: row.stream_id,
-            stream_version: row.stream_version,
-            occurred_at: row.occurred_at,
-            metadata: &row.metadata,
-            data: &row.data,
-        });
-        assert_eq!(
-            String::from_utf8_lossy(&ours),
-            row.by_jsonb,
-            "position {}",
-            row.position
-        );
-        assert_eq!(ours, row.by_function, "position {}", row.position);
-        let before = prev.get(&row.tenant_id).copied().unwrap_or(GENESIS);
-        let expected = chain::next_hash(&before, &ours);
-        assert_eq!(row.hash, expected.to_vec(), "position {}", row.position);
-        prev.insert(row.tenant_id, expected);
-    }
+    let chains = assert_chained(&pool, 5).await;
     // Two chains, two tenants: b's first event starts from the genesis.
-    assert_eq!(prev.len(), 2);
+    assert_eq!(chains, 2);
 }
-
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn the_migration_backfills_the_chain_of_stored_events(pool: PgPool) {
     // A log written before 0010, rebuilt here: drop the hashes, run the
@@ -220,4 +229,296 @@ async fn the_migration_backfills_the_chain_of_stored_events(pool: PgPool) {
         .await
         .expect("hashes");
     assert_eq!(backfilled, written);
+}
+
+/// The writer prints payloads as PostgreSQL prints them once stored as
+/// `jsonb`, or declines: what it prints goes into the hashes it computes.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn the_writer_prints_jsonb_as_postgresql_does_or_declines(pool: PgPool) {
+    let printed = |value: serde_json::Value| {
+        let pool = pool.clone();
+        async move {
+            let text: String = sqlx::query_scalar("select $1::jsonb::text")
+                .bind(sqlx::types::Json(value))
+                .fetch_one(&pool)
+                .await
+                .expect("printed by PostgreSQL");
+            text
+        }
+    };
+    let metadata = Metadata {
+        request_id: Some("req_1".into()),
+        key_id: Some(Uuid::now_v7()),
+    };
+    let predictable = [
+        json!(null),
+        json!(true),
+        json!(false),
+        json!(0),
+        json!(-17),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(1.5),
+        json!(2.0),
+        json!(0.1),
+        json!(-0.00125),
+        json!(123456.789),
+        json!("quote \" back \\ slash / tab \t nl \n cr \r ff \u{c} bs \u{8} bell \u{7} del \u{7f} é 漢 😀 \u{2028}"),
+        json!([]),
+        json!({}),
+        json!([1, [2, [3, {}]], "x"]),
+        json!({"b": 1, "a": 2, "aa": 3, "é": 4, "z": 5, "": 6, "ab": {"y": [null], "x": {}}, "ba": "é"}),
+        serde_json::to_value(&metadata).expect("metadata"),
+    ];
+    for value in predictable {
+        let mut ours = Vec::new();
+        assert!(chain::write_jsonb_text(&value, &mut ours), "{value}");
+        assert_eq!(
+            String::from_utf8(ours).expect("utf-8"),
+            printed(value.clone()).await,
+            "{value}"
+        );
+    }
+    // Numbers PostgreSQL rewrites (as `numeric`): the writer declines, and
+    // rightly, for serde's text is not PostgreSQL's.
+    for value in [
+        json!(1e21),
+        json!(1.5e-7),
+        json!(-0.0),
+        json!({"a": [1e300]}),
+    ] {
+        let mut ours = Vec::new();
+        assert!(!chain::write_jsonb_text(&value, &mut ours), "{value}");
+        assert_ne!(value.to_string(), printed(value.clone()).await, "{value}");
+    }
+}
+
+/// One writer alone chains its own batches once it knows the log's end; a
+/// second writer's append makes it hand the next batch to the database;
+/// either way every hash is the chain's.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn the_writer_chains_its_batches_as_the_database_would(pool: PgPool) {
+    let store = EventStore::spawn(pool.clone());
+    let other = EventStore::spawn(pool.clone());
+    let tenants = [Uuid::now_v7(), Uuid::now_v7()];
+    let lead = |i: usize| {
+        event(
+            "LeadCreated",
+            json!({ "i": i, "name": "Zoë \"Q\"", "value": 12.5, "tags": ["a", {}] }),
+            "2026-01-01T00:00:00.123456Z",
+        )
+    };
+    let mut written = 0;
+    for i in 0..6 {
+        store
+            .append(
+                stream(tenants[i % 2]),
+                ExpectedVersion::NoStream,
+                vec![lead(i), lead(i + 100)],
+            )
+            .await
+            .expect("appended");
+        written += 2;
+    }
+    // The first batch of each tenant taught the writer where it stands.
+    let alone = store.batches_chained_by_writer();
+    assert_eq!(alone, 4);
+
+    // Another writer (another api instance) appends meanwhile: this
+    // writer's knowledge is stale, and the database must not take its
+    // hashes.
+    other
+        .append(stream(tenants[0]), ExpectedVersion::NoStream, vec![lead(7)])
+        .await
+        .expect("appended by the other writer");
+    store
+        .append(stream(tenants[0]), ExpectedVersion::NoStream, vec![lead(8)])
+        .await
+        .expect("appended");
+    written += 2;
+    assert_eq!(store.batches_chained_by_writer(), alone);
+    store
+        .append(stream(tenants[1]), ExpectedVersion::NoStream, vec![lead(9)])
+        .await
+        .expect("appended");
+    written += 1;
+    assert_eq!(
+        store.batches_chained_by_writer(),
+        alone,
+        "tenant 1's tip was forgotten with the rest when the head moved"
+    );
+    store
+        .append(
+            stream(tenants[0]),
+            ExpectedVersion::NoStream,
+            vec![lead(10)],
+        )
+        .await
+        .expect("appended");
+    written += 1;
+    assert_eq!(store.batches_chained_by_writer(), alone + 1);
+
+    // A payload whose jsonb text the writer cannot be sure of, an append
+    // whose stream version it cannot know, and a conflict: the database
+    // chains (or writes nothing), and the writer carries on after them.
+    store
+        .append(
+            stream(tenants[0]),
+            ExpectedVersion::NoStream,
+            vec![event(
+                "LeadCreated",
+                json!({ "x": 1e21 }),
+                "2026-01-01T00:00:00Z",
+            )],
+        )
+        .await
+        .expect("appended");
+    store
+        .append(stream(tenants[0]), ExpectedVersion::Any, vec![lead(11)])
+        .await
+        .expect("appended");
+    written += 2;
+    let conflict = store
+        .append(
+            stream(tenants[0]),
+            ExpectedVersion::Exact(3),
+            vec![lead(12)],
+        )
+        .await;
+    assert!(conflict.is_err(), "{conflict:?}");
+    assert_eq!(store.batches_chained_by_writer(), alone + 1);
+    store
+        .append(
+            stream(tenants[1]),
+            ExpectedVersion::NoStream,
+            vec![lead(13)],
+        )
+        .await
+        .expect("appended");
+    written += 1;
+    assert_eq!(store.batches_chained_by_writer(), alone + 2);
+
+    assert_eq!(assert_chained(&pool, written).await, 2);
+}
+
+/// `jeanus_append` stores the hashes it is sent only when the prediction
+/// they were computed from holds; otherwise it chains the batch itself.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
+    let tenant = Uuid::now_v7();
+    let bogus = vec![0xab_u8; 32];
+    let append = |expected: i64, extra_conflict: bool| {
+        let one = |expected: i64| {
+            json!({
+                "tenant_id": tenant, "stream_type": "lead", "stream_id": Uuid::now_v7(),
+                "expected": expected,
+                "events": [{
+                    "id": Uuid::now_v7(), "event_type": "LeadCreated", "schema_version": 1,
+                    "occurred_at": "2026-01-01T00:00:00Z", "metadata": {}, "data": {"n": 1}
+                }]
+            })
+        };
+        let mut batch = vec![one(expected)];
+        if extra_conflict {
+            batch.push(one(5));
+        }
+        serde_json::Value::Array(batch)
+    };
+    // Each: (head, tenants, seeds, hashes) as sent, a batch with a conflict?
+    let call = |batch: serde_json::Value,
+                head: i64,
+                tenants: Vec<Uuid>,
+                seeds: Vec<Vec<u8>>,
+                hashes: Vec<Vec<u8>>| {
+        let pool = pool.clone();
+        async move {
+            let chained: Vec<Option<bool>> = sqlx::query_scalar(
+                "select writer_chained from jeanus_append($1, $2, $3, $4, $5) order by idx",
+            )
+            .bind(sqlx::types::Json(batch))
+            .bind(head)
+            .bind(tenants)
+            .bind(seeds)
+            .bind(hashes)
+            .fetch_all(&pool)
+            .await
+            .expect("appended");
+            chained
+        }
+    };
+    let tip = |pool: PgPool| async move {
+        let head: i64 = sqlx::query_scalar("select position from event_log_head")
+            .fetch_one(&pool)
+            .await
+            .expect("the head");
+        let seed: Option<Vec<u8>> = sqlx::query_scalar(
+            "select hash from events where tenant_id = $1 order by position desc limit 1",
+        )
+        .bind(tenant)
+        .fetch_optional(&pool)
+        .await
+        .expect("the tenant's last hash");
+        let seed = seed.unwrap_or_else(|| GENESIS.to_vec());
+        (head, seed)
+    };
+
+    // Each case bends the right prediction one way, on a log that grows by
+    // one event a case (so that from the second case on the tenant's tip is
+    // not the genesis): (why, head off by, tip sent, hashes sent, a
+    // conflicting append in the batch too).
+    enum Tip {
+        Right,
+        Genesis,
+        None,
+    }
+    let cases = [
+        ("another writer appended since", 1, Tip::Right, 1, false),
+        ("the wrong tip for the tenant", 0, Tip::Genesis, 1, false),
+        (
+            "a tenant of the batch without a tip",
+            0,
+            Tip::None,
+            1,
+            false,
+        ),
+        ("not one hash per event", 0, Tip::Right, 2, false),
+        ("an append refused: positions moved", 0, Tip::Right, 2, true),
+    ];
+    for (why, off, sent, hashes, conflict) in cases {
+        let (head, seed) = tip(pool.clone()).await;
+        let (tenants, seeds) = match sent {
+            Tip::Right => (vec![tenant], vec![seed]),
+            Tip::Genesis => (vec![tenant], vec![GENESIS.to_vec()]),
+            Tip::None => (vec![], vec![]),
+        };
+        let answer = call(
+            append(0, conflict),
+            head + off,
+            tenants,
+            seeds,
+            vec![bogus.clone(); hashes],
+        )
+        .await;
+        assert_eq!(answer[0], Some(false), "{why}");
+    }
+    assert_eq!(assert_chained(&pool, 5).await, 1);
+
+    // The prediction holds: the writer's hash is stored as sent. The
+    // database trusts its one caller here; `verify` is what checks them.
+    let (head, seed) = tip(pool.clone()).await;
+    let answer = call(
+        append(0, false),
+        head,
+        vec![tenant],
+        vec![seed],
+        vec![bogus.clone()],
+    )
+    .await;
+    assert_eq!(answer, [Some(true)]);
+    let stored: Vec<u8> = sqlx::query_scalar("select hash from events where position = $1")
+        .bind(head + 1)
+        .fetch_one(&pool)
+        .await
+        .expect("the hash");
+    assert_eq!(stored, bogus);
 }

@@ -2,10 +2,12 @@
 //! how fast `verify` re-walks it.
 //!
 //! 1. Appends through one shared `EventStore`, as in `append`, with the
-//!    chain (`jeanus_append` of migration 0010) and without it (0001's
-//!    function, swapped in with `create or replace`), on the same database,
-//!    interleaved with, without, without, with for each line so that drift
-//!    (autovacuum, other builds) falls on both sides.
+//!    chain (`jeanus_append` of migration 0016: the writer chains its
+//!    batches, the database checks where they chain from) and without it
+//!    (0001's function under 0016's signature, swapped in with `create or
+//!    replace`), on the same database, interleaved with, without, without,
+//!    with for each line so that drift (autovacuum, other builds) falls on
+//!    both sides.
 //! 2. `verify` over a log of `--verify-events` events of 100 tenants
 //!    (written in SQL with the migration's own chain functions, as its
 //!    backfill does), against a keyset read of the same columns that
@@ -40,7 +42,8 @@ const GOAL_ADDED_COST: f64 = 0.05;
 const GOAL_VERIFY_PER_S: f64 = 200_000.0;
 
 const MIGRATION_0001: &str = include_str!("../../../../schema/migrations/0001_event_log.sql");
-const MIGRATION_0010: &str = include_str!("../../../../schema/migrations/0010_hash_chain.sql");
+const MIGRATION_0016: &str =
+    include_str!("../../../../schema/migrations/0016_chain_by_the_writer.sql");
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -125,9 +128,15 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
 
 /// `create or replace function jeanus_append …` as migration `sql` defines it.
 fn append_function(sql: &str) -> anyhow::Result<String> {
-    let start = sql
-        .find("function jeanus_append(")
+    // The definition, not a `drop function jeanus_append(…)` before it.
+    let at = sql
+        .find("create function jeanus_append(")
+        .or_else(|| sql.find("create or replace function jeanus_append("))
         .context("the migration defines no jeanus_append")?;
+    let start = at
+        + sql[at..]
+            .find("function jeanus_append(")
+            .context("the migration defines no jeanus_append")?;
     let end = sql[start..]
         .find("\n$$;")
         .context("jeanus_append has no end")?;
@@ -135,6 +144,24 @@ fn append_function(sql: &str) -> anyhow::Result<String> {
         "create or replace {}",
         &sql[start..start + end + "\n$$;".len()]
     ))
+}
+
+/// 0001's `jeanus_append` (no chain) under the signature of 0016's, which
+/// the event store calls: it ignores the writer's hashes and answers no
+/// hash, so the writer, never learning a tip, computes none either.
+fn unchained_append_function() -> anyhow::Result<String> {
+    let signature = |sql: &str| -> anyhow::Result<String> {
+        let start = sql
+            .find("jeanus_append(")
+            .context("the migration defines no jeanus_append")?;
+        let end = sql[start..]
+            .find("\nlanguage plpgsql")
+            .context("jeanus_append is not in plpgsql")?;
+        Ok(sql[start..start + end].to_owned())
+    };
+    let unchained = append_function(MIGRATION_0001)?;
+    let old = signature(&unchained)?;
+    Ok(unchained.replace(&old, &signature(&append_function(MIGRATION_0016)?)?))
 }
 
 async fn measure_appends(
@@ -148,8 +175,8 @@ async fn measure_appends(
         .execute(&admin)
         .await
         .context("failed to relax events.hash")?;
-    let with = append_function(MIGRATION_0010)?;
-    let without = append_function(MIGRATION_0001)?;
+    let with = append_function(MIGRATION_0016)?;
+    let without = unchained_append_function()?;
 
     let store_pool = scratch.pool(STORE_CONNECTIONS).await?;
     let store = EventStore::spawn(store_pool.clone());
@@ -351,8 +378,8 @@ fn section(lines: &[AppendLine], v: &VerifyFigures, window: Window) -> Section {
     let mut md = String::from("## chain: the hash chain at append, and `verify`\n\n");
     md.push_str(&format!(
         "Appends as in `append` (one shared `EventStore`, pool of {STORE_CONNECTIONS}, each \
-         append to a new stream), with `jeanus_append` of migration 0010 (the chain) and of \
-         0001 (none) swapped in turn on the same database: with, without, without, with, \
+         append to a new stream), with `jeanus_append` of migration 0016 (the chain, computed \
+         by the writer) and of 0001 (none) swapped in turn on the same database: with, without, without, with, \
          {} s each after {} s warm-up; figures of both runs of a side together.\n\n\
          | writers | events/append | chain | events/s | p50 ms | p99 ms | max ms |\n\
          |---:|---:|---|---:|---:|---:|---:|\n",
