@@ -46,23 +46,75 @@ pub fn format_occurred_at(at: DateTime<Utc>) -> String {
 pub fn write_canonical(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
     use std::io::Write as _;
     out.clear();
+    write_before_position(event, out);
     // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}", event.position);
+    write_before_version(event, out);
+    let _ = write!(out, "{}}}", event.stream_version);
+}
+
+/// `{"id": …, "data": …, "type": …, "metadata": …, "position": `
+fn write_before_position(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     let _ = write!(
         out,
-        "{{\"id\": \"{}\", \"data\": {}, \"type\": {}, \"metadata\": {}, \"position\": {}, \
-         \"stream_id\": \"{}\", \"occurred_at\": \"{}\", \"stream_type\": {}, \
-         \"schema_version\": {}, \"stream_version\": {}}}",
+        "{{\"id\": \"{}\", \"data\": {}, \"type\": {}, \"metadata\": {}, \"position\": ",
         event.id,
         event.data,
         json_string(event.event_type),
         event.metadata,
-        event.position,
+    );
+}
+
+/// `, "stream_id": …, "occurred_at": …, "stream_type": …, "schema_version": …, "stream_version": `
+fn write_before_version(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        ", \"stream_id\": \"{}\", \"occurred_at\": \"{}\", \"stream_type\": {}, \
+         \"schema_version\": {}, \"stream_version\": ",
         event.stream_id,
         event.occurred_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
         json_string(event.stream_type),
         event.schema_version,
-        event.stream_version,
     );
+}
+
+/// An event's canonical bytes before the log has placed it: everything but
+/// its `position` and `stream_version`, which only the log's end decides.
+/// The event store's writer prints these on each caller's task, so that
+/// chaining a batch, which is serial, only hashes.
+#[derive(Debug, Clone)]
+pub struct Unplaced {
+    before_position: Vec<u8>,
+    before_version: Vec<u8>,
+}
+
+impl Unplaced {
+    /// `event`'s pieces; its `position` and `stream_version` are ignored.
+    pub fn new(event: &CanonicalEvent<'_>) -> Self {
+        let mut before_position = Vec::with_capacity(128 + event.data.len() + event.metadata.len());
+        write_before_position(event, &mut before_position);
+        let mut before_version = Vec::with_capacity(160);
+        write_before_version(event, &mut before_version);
+        Self {
+            before_position,
+            before_version,
+        }
+    }
+
+    /// The hash of this event at `position` and `stream_version`, after
+    /// `prev`: [`next_hash`] of its canonical bytes, without writing them out.
+    pub fn link(&self, prev: &Hash, position: i64, stream_version: i64) -> Hash {
+        let mut hasher = Sha256::new();
+        hasher.update(prev);
+        hasher.update(&self.before_position);
+        hasher.update(itoa::Buffer::new().format(position));
+        hasher.update(&self.before_version);
+        hasher.update(itoa::Buffer::new().format(stream_version));
+        hasher.update(b"}");
+        hasher.finalize().into()
+    }
 }
 
 /// The canonical bytes of `event`.
@@ -215,6 +267,25 @@ mod tests {
         assert_eq!(
             to_hex(&next_hash(&GENESIS, b"abc")),
             "365aa7d8f7f9402c4b9434502b4cc89ddb09fe50d7cd95b493b834c62d5a5370"
+        );
+    }
+
+    #[test]
+    fn an_unplaced_event_links_as_its_canonical_bytes_do() {
+        let event = sample(r#"{"b": 1.50, "a": "\u0001"}"#, "Lead\"Odd");
+        let unplaced = Unplaced::new(&CanonicalEvent {
+            position: 0,
+            stream_version: 0,
+            ..event
+        });
+        let prev = next_hash(&GENESIS, b"before");
+        assert_eq!(
+            unplaced.link(&prev, event.position, event.stream_version),
+            next_hash(&prev, &canonical(&event))
+        );
+        assert_ne!(
+            unplaced.link(&prev, event.position + 1, event.stream_version),
+            next_hash(&prev, &canonical(&event))
         );
     }
 

@@ -104,6 +104,11 @@ struct AppendRequest {
     stream: StreamRef,
     expected: Option<i64>,
     events: Vec<NewEvent>,
+    /// Each event's canonical bytes but its position and version, printed
+    /// on the caller's task; `None` when a payload's `jsonb` text is not
+    /// certain (then the database chains the batch).
+    #[serde(skip)]
+    unplaced: Option<Vec<chain::Unplaced>>,
 }
 
 impl AppendRequest {
@@ -112,12 +117,40 @@ impl AppendRequest {
         for event in &mut events {
             event.occurred_at = event.occurred_at.trunc_subsecs(6);
         }
+        let unplaced = events
+            .iter()
+            .map(|event| unplaced(&stream, event))
+            .collect();
         Self {
             stream,
             expected: expected.as_option(),
             events,
+            unplaced,
         }
     }
+}
+
+/// `event`'s canonical pieces, if its payloads' `jsonb` text is certain.
+fn unplaced(stream: &StreamRef, event: &NewEvent) -> Option<chain::Unplaced> {
+    let (mut data, mut metadata) = (Vec::new(), Vec::new());
+    let metadata_value = serde_json::to_value(&event.metadata).ok()?;
+    if !chain::write_jsonb_text(&event.data, &mut data)
+        || !chain::write_jsonb_text(&metadata_value, &mut metadata)
+    {
+        return None;
+    }
+    Some(chain::Unplaced::new(&CanonicalEvent {
+        position: 0,
+        id: event.id,
+        event_type: event.event_type,
+        schema_version: event.schema_version,
+        stream_type: stream.stream_type,
+        stream_id: stream.stream_id,
+        stream_version: 0,
+        occurred_at: event.occurred_at,
+        metadata: std::str::from_utf8(&metadata).ok()?,
+        data: std::str::from_utf8(&data).ok()?,
+    }))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -419,10 +452,10 @@ impl ChainTip {
         let mut tips: HashMap<Uuid, Hash> = HashMap::new();
         let (mut tenants, mut seeds) = (Vec::new(), Vec::new());
         let mut hashes = Vec::with_capacity(requests.iter().map(|r| r.events.len()).sum());
-        let (mut data, mut metadata, mut canonical) = (Vec::new(), Vec::new(), Vec::new());
         let mut position = head;
         for request in requests {
             let base = request.expected?;
+            let unplaced = request.unplaced.as_ref()?;
             let tenant = request.stream.tenant_id;
             let mut prev = match tips.get(&tenant) {
                 Some(hash) => *hash,
@@ -433,32 +466,9 @@ impl ChainTip {
                     seed
                 }
             };
-            for (version, event) in (base + 1..).zip(&request.events) {
+            for (version, event) in (base + 1..).zip(unplaced) {
                 position += 1;
-                data.clear();
-                metadata.clear();
-                let metadata_value = serde_json::to_value(&event.metadata).ok()?;
-                if !chain::write_jsonb_text(&event.data, &mut data)
-                    || !chain::write_jsonb_text(&metadata_value, &mut metadata)
-                {
-                    return None;
-                }
-                chain::write_canonical(
-                    &CanonicalEvent {
-                        position,
-                        id: event.id,
-                        event_type: event.event_type,
-                        schema_version: event.schema_version,
-                        stream_type: request.stream.stream_type,
-                        stream_id: request.stream.stream_id,
-                        stream_version: version,
-                        occurred_at: event.occurred_at,
-                        metadata: std::str::from_utf8(&metadata).ok()?,
-                        data: std::str::from_utf8(&data).ok()?,
-                    },
-                    &mut canonical,
-                );
-                prev = chain::next_hash(&prev, &canonical);
+                prev = event.link(&prev, position, version);
                 hashes.push(prev.to_vec());
             }
             tips.insert(tenant, prev);
