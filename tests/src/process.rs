@@ -50,7 +50,18 @@ impl Service {
 
     /// [`Service::start`], with an error instead of a panic.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<Self, String> {
-        let mut cmd = Command::new(locate(name)?);
+        Self::spawn_program(&locate(name)?, args, env)
+    }
+
+    /// [`Service::spawn`] of the program at `path` (another build of a
+    /// service, say, to compare two side by side).
+    pub fn spawn_program(
+        path: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Self, String> {
+        let name = path.display();
+        let mut cmd = Command::new(path);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -16,9 +16,26 @@ pub struct Claimed {
     pub endpoint_id: Uuid,
     pub event_id: Uuid,
     pub attempts: i32,
-    pub payload: serde_json::Value,
+    /// The event's body as stored once for every endpoint (migration 0015).
+    pub body: Option<String>,
+    /// The delivery's own copy of its body, kept by deliveries created
+    /// before bodies were stored once; null since.
+    pub payload: Option<serde_json::Value>,
     pub url: String,
     pub secrets: serde_json::Value,
+}
+
+impl Claimed {
+    /// The exact bytes to send, the same at every attempt; `None` when the
+    /// delivery has no body (which the intake never writes).
+    pub fn body_bytes(&self) -> Option<Vec<u8>> {
+        match (&self.body, &self.payload) {
+            (Some(body), _) => Some(body.clone().into_bytes()),
+            // As the dispatcher serialised these before: identical bytes.
+            (None, Some(payload)) => serde_json::to_vec(payload).ok(),
+            (None, None) => None,
+        }
+    }
 }
 
 /// How many more requests each listed endpoint may take now (0: none);
@@ -64,8 +81,9 @@ pub async fn claim(pool: &PgPool, limit: i64, room: &Room) -> anyhow::Result<Vec
             set next_attempt_at = now() + make_interval(secs => $3)
            from webhook_endpoints e
           where d.id = any(array(select id from due)) and e.id = d.endpoint_id
-         returning d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempts, d.payload,
-                   e.url, e.secrets",
+         returning d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempts,
+                   (select b.body from webhook_bodies b where b.event_id = d.event_id) as body,
+                   d.payload, e.url, e.secrets",
     )
     .bind(limit)
     .bind(&room.endpoints)
@@ -128,6 +146,62 @@ mod tests {
             .await
             .expect("a delivery");
         }
+    }
+
+    #[sqlx::test(migrator = "schema::MIGRATOR")]
+    async fn a_claimed_delivery_sends_its_events_body_or_else_its_own_copy(pool: PgPool) {
+        let stored_once = endpoint(&pool, true).await;
+        let older = endpoint(&pool, true).await;
+        let event = Uuid::now_v7();
+        let body = r#"{"id":"x","data":{"b":1,"a":[2]}}"#;
+        sqlx::query("insert into webhook_bodies (event_id, body) values ($1, $2)")
+            .bind(event)
+            .bind(body)
+            .execute(&pool)
+            .await
+            .expect("a body");
+        sqlx::query(
+            "insert into webhook_deliveries
+                 (id, tenant_id, endpoint_id, event_id, event_position, event_type, next_attempt_at)
+             values ($1, $2, $3, $4, 1, 'lead.created', now())",
+        )
+        .bind(Uuid::now_v7())
+        .bind(Uuid::now_v7())
+        .bind(stored_once)
+        .bind(event)
+        .execute(&pool)
+        .await
+        .expect("a delivery");
+        // A delivery from before migration 0015, carrying its own payload.
+        deliveries(&pool, older, 1, -1.0).await;
+
+        let claimed = claim(&pool, 10, &Room::default()).await.expect("claimed");
+        let sent = |endpoint: Uuid| {
+            let delivery = claimed.iter().find(|c| c.endpoint_id == endpoint);
+            delivery.and_then(Claimed::body_bytes).expect("a body")
+        };
+        assert_eq!(
+            sent(stored_once),
+            body.as_bytes(),
+            "the stored text, byte for byte"
+        );
+        assert_eq!(sent(older), b"{}");
+    }
+
+    #[test]
+    fn a_delivery_without_any_body_has_nothing_to_send() {
+        let delivery = Claimed {
+            id: Uuid::now_v7(),
+            tenant_id: Uuid::now_v7(),
+            endpoint_id: Uuid::now_v7(),
+            event_id: Uuid::now_v7(),
+            attempts: 0,
+            body: None,
+            payload: None,
+            url: "https://example.com/hook".into(),
+            secrets: serde_json::json!([]),
+        };
+        assert_eq!(delivery.body_bytes(), None);
     }
 
     fn count(claimed: &[Claimed], endpoint: Uuid) -> usize {

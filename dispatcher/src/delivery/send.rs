@@ -57,9 +57,8 @@ pub async fn send(
     if literal_is_refused(&url, allow_private) {
         return failed("blocked", "the target address is not global".into());
     }
-    let body = match serde_json::to_vec(&delivery.payload) {
-        Ok(body) => body,
-        Err(e) => return failed("http", format!("the body cannot be serialised: {e}")),
+    let Some(body) = delivery.body_bytes() else {
+        return failed("http", "the delivery's body is missing".into());
     };
     let id = delivery.event_id.to_string();
     let timestamp = at.timestamp();

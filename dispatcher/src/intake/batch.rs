@@ -1,5 +1,6 @@
-//! One intake batch: the deliveries its events owe, written with the
-//! checkpoint in one statement.
+//! One intake batch: the deliveries its events owe and each event's body
+//! (once, however many endpoints it goes to), written with the checkpoint in
+//! one statement.
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,8 +26,9 @@ struct Match {
 /// Reads first (the matching endpoints, then the streams of the matched
 /// events, to build the bodies), then writes in one statement: it locks the
 /// checkpoint row, refuses a gap (an event beyond checkpoint + 1: nothing is
-/// written), inserts the deliveries of the events past the checkpoint and
-/// raises the checkpoint. Four round trips at most, whatever the batch holds.
+/// written), inserts the bodies and the deliveries of the events past the
+/// checkpoint and raises the checkpoint. Four round trips at most, whatever
+/// the batch holds.
 pub async fn take_batch(pool: &PgPool, batch: &[RecordedEvent]) -> anyhow::Result<u64> {
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return Ok(0);
@@ -45,14 +47,21 @@ pub async fn take_batch(pool: &PgPool, batch: &[RecordedEvent]) -> anyhow::Resul
              select position from dispatcher_checkpoint where name = $1 for update
          ), d as (
              select * from unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::uuid[], $8::bigint[],
-                                  $9::text[], $10::jsonb[])
-                 as d(id, tenant_id, endpoint_id, event_id, event_position, event_type, payload)
+                                  $9::text[])
+                 as d(id, tenant_id, endpoint_id, event_id, event_position, event_type)
+         ), bodies as (
+             insert into webhook_bodies (event_id, body)
+             select b.event_id, b.body
+               from unnest($10::uuid[], $11::bigint[], $12::text[])
+                        as b(event_id, event_position, body), cp
+              where cp.position >= $2 - 1 and b.event_position > cp.position
+             on conflict (event_id) do nothing
          ), ins as (
              insert into webhook_deliveries
-                 (id, tenant_id, endpoint_id, event_id, event_position, event_type, payload,
+                 (id, tenant_id, endpoint_id, event_id, event_position, event_type,
                   status, attempts, next_attempt_at)
              select d.id, d.tenant_id, d.endpoint_id, d.event_id, d.event_position,
-                    d.event_type, d.payload, 'pending', 0, now()
+                    d.event_type, 'pending', 0, now()
                from d, cp
               where cp.position >= $2 - 1 and d.event_position > cp.position
              on conflict (endpoint_id, event_id) do nothing
@@ -73,7 +82,9 @@ pub async fn take_batch(pool: &PgPool, batch: &[RecordedEvent]) -> anyhow::Resul
     .bind(&rows.event)
     .bind(&rows.position)
     .bind(&rows.event_type)
-    .bind(&rows.payload)
+    .bind(&rows.body_event)
+    .bind(&rows.body_position)
+    .bind(&rows.body)
     .fetch_one(pool)
     .await
     .context("failed to write deliveries and the checkpoint")?;
@@ -94,8 +105,8 @@ pub async fn take_batch(pool: &PgPool, batch: &[RecordedEvent]) -> anyhow::Resul
     Ok(created)
 }
 
-/// The deliveries `public` events owe: one row per matching endpoint, with
-/// the event's body.
+/// The deliveries `public` events owe: one row per matching endpoint, and
+/// one body per event that has any.
 async fn delivery_rows(
     pool: &PgPool,
     public: &[(&RecordedEvent, &'static str)],
@@ -163,7 +174,7 @@ async fn delivery_rows(
     for (event, public_type, ids) in targets {
         let stream = streams.get(&event.stream_id).map_or(&[][..], Vec::as_slice);
         let body = match webhooks::body(event, stream) {
-            Ok(body) => body,
+            Ok(body) => body.to_string(),
             Err(e) => {
                 // A bug or a corrupted log: say so once, and deliver the rest.
                 tracing::error!(event.id = %event.id, event.position = event.position, error = %e, "cannot build a webhook body; the event is not delivered");
@@ -177,8 +188,10 @@ async fn delivery_rows(
             rows.event.push(event.id);
             rows.position.push(event.position);
             rows.event_type.push(public_type.to_owned());
-            rows.payload.push(body.clone());
         }
+        rows.body_event.push(event.id);
+        rows.body_position.push(event.position);
+        rows.body.push(body);
     }
     Ok(rows)
 }
@@ -191,7 +204,10 @@ struct DeliveryRows {
     event: Vec<Uuid>,
     position: Vec<i64>,
     event_type: Vec<String>,
-    payload: Vec<serde_json::Value>,
+    /// One body per event: its id, position and the exact text sent.
+    body_event: Vec<Uuid>,
+    body_position: Vec<i64>,
+    body: Vec<String>,
 }
 
 #[cfg(test)]
@@ -246,12 +262,20 @@ mod tests {
         id
     }
 
-    async fn deliveries(pool: &PgPool, endpoint: Uuid) -> Vec<(String, serde_json::Value)> {
-        sqlx::query_as("select event_type, payload from webhook_deliveries where endpoint_id = $1")
-            .bind(endpoint)
-            .fetch_all(pool)
-            .await
-            .expect("deliveries")
+    /// Each delivery's type and body (and whether it carries a copy of its own).
+    async fn deliveries(pool: &PgPool, endpoint: Uuid) -> Vec<(String, serde_json::Value, bool)> {
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "select d.event_type, b.body, d.payload is not null
+               from webhook_deliveries d join webhook_bodies b using (event_id)
+              where d.endpoint_id = $1",
+        )
+        .bind(endpoint)
+        .fetch_all(pool)
+        .await
+        .expect("deliveries");
+        rows.into_iter()
+            .map(|(t, body, copy)| (t, serde_json::from_str(&body).expect("JSON"), copy))
+            .collect()
     }
 
     #[sqlx::test(migrator = "schema::MIGRATOR")]
@@ -261,6 +285,7 @@ mod tests {
         let store = EventStore::spawn(pool.clone());
         let (acme, other) = (Uuid::now_v7(), Uuid::now_v7());
         let subscribed = endpoint(&pool, acme, &["lead.created"], true).await;
+        let also = endpoint(&pool, acme, &["lead.created", "lead.updated"], true).await;
         let disabled = endpoint(&pool, acme, &["lead.created"], false).await;
         let elsewhere = endpoint(&pool, acme, &["order.created"], true).await;
         let other_tenant = endpoint(&pool, other, &["lead.created"], true).await;
@@ -280,13 +305,20 @@ mod tests {
             .await
             .expect("events");
 
-        assert_eq!(take_batch(&pool, &batch).await.expect("taken"), 1);
+        assert_eq!(take_batch(&pool, &batch).await.expect("taken"), 2);
         assert_eq!(take_batch(&pool, &batch).await.expect("taken again"), 0);
 
         let got = deliveries(&pool, subscribed).await;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, "lead.created");
         assert_eq!(got[0].1["data"]["id"], serde_json::json!(lead));
+        assert!(!got[0].2, "the body is not copied into the delivery");
+        assert_eq!(deliveries(&pool, also).await, got, "the same body");
+        let bodies: i64 = sqlx::query_scalar("select count(*) from webhook_bodies")
+            .fetch_one(&pool)
+            .await
+            .expect("bodies");
+        assert_eq!(bodies, 1, "one body for the event, whatever its endpoints");
         for nothing in [disabled, elsewhere, other_tenant, deleted] {
             assert!(deliveries(&pool, nothing).await.is_empty());
         }

@@ -8,16 +8,23 @@
 //!   `lead.stage_changed` reaching the subscriber, p50/p99;
 //! - the same with a hanging and a failing receiver subscribed too (their
 //!   deliveries are made by the same dispatcher at the same time). The two
-//!   kinds of phase alternate for `--rounds` rounds, each phase at the same
-//!   rate for the same window, with receivers and subscriptions of its own
-//!   (the previous phase's are unsubscribed first), so that both see the
-//!   same load and the same machine;
+//!   kinds of phase alternate for `--rounds` rounds, healthy first in odd
+//!   rounds and faulty first in even ones (so that neither kind is always the
+//!   later, on a fuller table), each phase at the same rate for the same
+//!   window, with receivers and subscriptions of its own (the previous
+//!   phase's are unsubscribed first), so that both see the same load and the
+//!   same machine; a first phase, not counted, warms everything up;
 //! - sustained deliveries per second: leads with a ~1 KiB body created as
 //!   fast as the api takes them, each delivered to `--endpoints` endpoints
 //!   whose receivers take `--receiver-ms` to answer; meanwhile the
-//!   dispatcher's resident memory is sampled (`/proc/<pid>/status`).
+//!   dispatcher's resident memory is sampled (`/proc/<pid>/status`), as it
+//!   is once at idle, after start-up.
+//!
+//! `--dispatcher PATH` measures another build of the dispatcher (main's,
+//! say) under the same bench, api and projector.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +54,8 @@ const GOAL_RISE: f64 = 0.10;
 const GOAL_RESIDENT_MB: f64 = 100.0;
 /// How often the dispatcher's memory is read during the throughput phase.
 const MEMORY_SAMPLE: Duration = Duration::from_millis(100);
+/// How long the dispatcher runs before its idle memory is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -54,8 +63,9 @@ pub struct Args {
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
     /// Rounds of the latency measurement: each is a phase with healthy
-    /// receivers only, then one with a hanging and a failing one beside them.
-    #[arg(long, default_value_t = 2)]
+    /// receivers only and one with a hanging and a failing one beside them.
+    /// Four by default: on a shared machine one pair's p99 says little.
+    #[arg(long, default_value_t = 4)]
     rounds: usize,
     /// Endpoints (one receiver each) during the throughput measurement.
     #[arg(long, default_value_t = 100)]
@@ -63,6 +73,10 @@ pub struct Args {
     /// How long each receiver takes to answer, in milliseconds.
     #[arg(long, default_value_t = 2)]
     receiver_ms: u64,
+    /// The dispatcher binary to run (default: `jeanus-dispatcher` beside
+    /// this program).
+    #[arg(long)]
+    dispatcher: Option<PathBuf>,
     #[arg(
         long,
         env = "NATS_URL",
@@ -76,9 +90,10 @@ impl Default for Args {
     fn default() -> Self {
         Self {
             rate: 500.0,
-            rounds: 2,
+            rounds: 4,
             endpoints: 100,
             receiver_ms: 2,
+            dispatcher: None,
             nats_url: std::env::var("NATS_URL")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
         }
@@ -119,6 +134,8 @@ struct Results {
     throughput_resident: u64,
     /// The dispatcher's high-water mark over its whole run.
     peak_resident: u64,
+    /// The dispatcher's resident memory at idle, after start-up.
+    idle_resident: u64,
 }
 
 pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
@@ -160,8 +177,12 @@ async fn measure(database_url: &str, args: &Args, window: Window) -> anyhow::Res
     ));
     // The default retry schedule (5 s first): the failing receiver's
     // deliveries come due again within a phase.
-    let dispatcher = Service::spawn(
-        "jeanus-dispatcher",
+    let program = match &args.dispatcher {
+        Some(path) => path.clone(),
+        None => jeanus_tests::process::locate("jeanus-dispatcher").map_err(anyhow::Error::msg)?,
+    };
+    let dispatcher = Service::spawn_program(
+        &program,
         &[],
         &[
             ("DATABASE_URL", database_url.to_owned()),
@@ -179,10 +200,28 @@ async fn measure(database_url: &str, args: &Args, window: Window) -> anyhow::Res
     let api = RunningApi::start(&api_config, &client).await?;
 
     let result = async {
+        // Idle: connected, its intake following the stream, nothing to send.
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let idle_resident = dispatcher
+            .memory()
+            .context("the dispatcher process has exited")?
+            .resident;
         // A tenant and key per phase: a key may make 10,000 requests a minute.
+        // One phase first that is not counted: the first phase on a fresh
+        // database and processes ran up to ten times slower than the same
+        // phase later (pools filling, plans, tables growing from empty), and
+        // would be charged to the healthy kind alone.
+        eprintln!("webhooks: warm-up phase (not counted)");
+        let caller = Caller::new(&client, &api.base).await?;
+        latency_phase(&caller, args, window, false, &dispatcher).await?;
         let mut phases = Vec::new();
         for round in 1..=args.rounds {
-            for faulty in [false, true] {
+            let order = if round % 2 == 1 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for faulty in order {
                 eprintln!(
                     "webhooks: round {round}/{}, {} receivers",
                     args.rounds,
@@ -218,6 +257,7 @@ async fn measure(database_url: &str, args: &Args, window: Window) -> anyhow::Res
             deliveries_per_s: per_s,
             throughput_resident,
             peak_resident,
+            idle_resident,
         })
     }
     .await;
@@ -613,9 +653,9 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
          ({rise:+.0} %; goal ≤ +{goal_rise:.0} % {m3}).\n\n\
          Sustained: {events} lead.created events × {endpoints} endpoints (receivers answer in {ms} ms, \
          ~1 KiB bodies): {deliveries} deliveries, {per_s} deliveries/s \
-         (goal ≥ {goal} {m2}). The dispatcher's resident memory (its own process): at most \
-         {tr:.1} MB sampled during this phase, high-water mark {peak:.1} MB over the whole run \
-         (goal ≤ {GOAL_RESIDENT_MB:.0} MB {m4}).\n",
+         (goal ≥ {goal} {m2}). The dispatcher's resident memory (its own process): {idle:.1} MB \
+         at idle after start-up, at most {tr:.1} MB sampled during this phase, high-water mark \
+         {peak:.1} MB over the whole run (goal ≤ {GOAL_RESIDENT_MB:.0} MB {m4}).\n",
         rate = args.rate,
         seconds = window.measure.as_secs_f64(),
         warmup = window.warmup.as_secs_f64(),
@@ -632,6 +672,7 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
         per_s = thousands(r.deliveries_per_s),
         goal = thousands(GOAL_DELIVERIES_PER_S),
         m2 = mark(r.deliveries_per_s >= GOAL_DELIVERIES_PER_S),
+        idle = mb(r.idle_resident),
         tr = mb(r.throughput_resident),
         peak = mb(r.peak_resident),
         m4 = mark(mb(r.peak_resident) <= GOAL_RESIDENT_MB),
@@ -667,6 +708,7 @@ fn section(r: &Results, args: &Args, window: Window) -> Section {
         "deliveries_per_s": r.deliveries_per_s,
         "dispatcher_resident_bytes": r.throughput_resident,
         "dispatcher_peak_resident_bytes": r.peak_resident,
+        "dispatcher_idle_resident_bytes": r.idle_resident,
     });
     Section {
         name: "webhooks",
