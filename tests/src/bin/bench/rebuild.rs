@@ -128,11 +128,9 @@ async fn measure(scratch: &Scratch, args: &Args) -> anyhow::Result<Results> {
     // COPY has no way to compute the hash chain (migration 0010): the rows
     // go to a staging table, then into the log with the migration's own
     // chain functions, as its backfill did.
-    sqlx::query(
-        "create unlogged table events_staging as table events with no data",
-    )
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("create unlogged table events_staging as table events with no data")
+        .execute(&mut *conn)
+        .await?;
     copy_in(&mut conn, "copy events_staging (position, id, tenant_id, stream_type, stream_id, stream_version, event_type, schema_version, occurred_at, metadata, data) from stdin with (format csv)", csv.as_bytes()).await?;
     sqlx::query(
         "insert into events (position, id, tenant_id, stream_type, stream_id, stream_version,
