@@ -4,11 +4,13 @@
 //! logs the result.
 //!
 //! The walk recomputes every hash from the stored columns
-//! (`schema::chain`), never with the database's own function, reading the
-//! log in keyset pages of [`PAGE_SIZE`] rows, each page's rows hashed as
-//! they arrive. Over every tenant it also holds the positions to be dense
+//! (`schema::chain`), never with the database's own function, one pass in
+//! position order over pages that [`pages`] reads ahead on several
+//! connections. Over every tenant it also holds the positions to be dense
 //! (1, 2, 3, … up to `event_log_head`), so a removed row is named by its own
 //! position; over one tenant, a removed row shows as the next event's hash.
+
+mod pages;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,15 +18,13 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
-use futures::TryStreamExt as _;
-use schema::chain::{self, CanonicalEvent, Hash, GENESIS};
+use chrono::Utc;
+use schema::chain::{self, Hash, GENESIS};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Rows per keyset page.
-pub const PAGE_SIZE: i64 = 20_000;
+pub use pages::{Pages, Row, COLUMNS, PAGE_SIZE, READERS};
 
 /// The schedule of the nightly verification when `JEANUS_VERIFY_SCHEDULE`
 /// is unset: 03:00 UTC every day (sec min hour day-of-month month day-of-week).
@@ -153,27 +153,6 @@ pub enum Outcome {
     Broken(Broken),
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    position: i64,
-    id: Uuid,
-    tenant_id: Uuid,
-    event_type: String,
-    schema_version: i32,
-    stream_type: String,
-    stream_id: Uuid,
-    stream_version: i64,
-    occurred_at: DateTime<Utc>,
-    metadata: String,
-    data: String,
-    hash: Vec<u8>,
-}
-
-/// The columns a walk reads, `metadata` and `data` as `jsonb::text`.
-pub const COLUMNS: &str = "position, id, tenant_id, event_type, schema_version, stream_type, \
-                       stream_id, stream_version, occurred_at, metadata::text as metadata, \
-                       data::text as data, hash";
-
 /// The walk's state: each tenant's last hash, and where it is.
 struct Walk {
     tenant: Option<Uuid>,
@@ -223,45 +202,19 @@ pub async fn verify(
         }
     }
 
-    let page_sql = match walk.tenant {
-        None => {
-            format!("select {COLUMNS} from events where position > $1 order by position limit $2")
-        }
-        Some(_) => format!(
-            "select {COLUMNS} from events where tenant_id = $3 and position > $1
-              order by position limit $2"
-        ),
-    };
-    loop {
-        let after = walk.last_position;
-        let query = sqlx::query_as::<_, Row>(&page_sql)
-            .bind(after)
-            .bind(PAGE_SIZE);
-        let mut rows = match walk.tenant {
-            None => query.fetch(pool),
-            Some(tenant) => query.bind(tenant).fetch(pool),
-        };
-        let mut in_page = 0;
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .context("failed to read the event log")?
-        {
-            in_page += 1;
-            if let Some(broken) = walk.step(pool, &row).await? {
+    let mut pages = Pages::new(pool, walk.tenant, walk.last_position, head);
+    while let Some(page) = pages.next().await? {
+        for row in &page {
+            if let Some(broken) = walk.step(pool, &Row::decode(row)?).await? {
                 return Ok(Outcome::Broken(broken));
             }
         }
-        drop(rows);
         progress(&Progress {
             events: walk.events,
             position: walk.last_position,
             head,
             elapsed: started.elapsed(),
         });
-        if in_page < PAGE_SIZE {
-            break;
-        }
     }
 
     // Rows removed from the end of the log leave the head above the last row.
@@ -319,9 +272,9 @@ impl Walk {
         Ok(None)
     }
 
-    async fn step(&mut self, pool: &PgPool, row: &Row) -> anyhow::Result<Option<Broken>> {
+    async fn step(&mut self, pool: &PgPool, row: &Row<'_>) -> anyhow::Result<Option<Broken>> {
         if let Some(expected) = self.expected {
-            if row.position != expected {
+            if row.event.position != expected {
                 return Ok(Some(Broken {
                     position: expected,
                     tenant_id: None,
@@ -335,25 +288,11 @@ impl Walk {
             Some(prev) => *prev,
             None => self.first_prev(pool, row.tenant_id).await?,
         };
-        chain::write_canonical(
-            &CanonicalEvent {
-                position: row.position,
-                id: row.id,
-                event_type: &row.event_type,
-                schema_version: row.schema_version,
-                stream_type: &row.stream_type,
-                stream_id: row.stream_id,
-                stream_version: row.stream_version,
-                occurred_at: row.occurred_at,
-                metadata: &row.metadata,
-                data: &row.data,
-            },
-            &mut self.buffer,
-        );
+        chain::write_canonical(&row.event, &mut self.buffer);
         let hash = chain::next_hash(&prev, &self.buffer);
         if row.hash[..] != hash[..] {
             return Ok(Some(Broken {
-                position: row.position,
+                position: row.event.position,
                 tenant_id: Some(row.tenant_id),
                 fault: Fault::HashMismatch,
                 events: self.events,
@@ -361,7 +300,7 @@ impl Walk {
         }
         self.prev.insert(row.tenant_id, hash);
         self.events += 1;
-        self.last_position = row.position;
+        self.last_position = row.event.position;
         Ok(None)
     }
 
@@ -395,7 +334,7 @@ impl Walk {
 pub async fn command(database_url: &str, options: &Options) -> anyhow::Result<Outcome> {
     use std::io::{IsTerminal as _, Write as _};
 
-    let pool = schema::connect::postgres(database_url, 2).await?;
+    let pool = schema::connect::postgres(database_url, READERS as u32 + 1).await?;
     let started = Instant::now();
     let terminal = std::io::stderr().is_terminal();
     let mut last_report = Instant::now();
@@ -499,6 +438,7 @@ pub fn rate(events: u64, elapsed: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
 
     #[test]
     fn a_checkpoint_reads_position_colon_hash() {

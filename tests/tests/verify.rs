@@ -2,16 +2,22 @@
 //! an altered payload, a removed row and two swapped rows each fail at
 //! their position; a checkpoint must match the stored chain, and the walk
 //! continues from it. Through the library function and through the binary
-//! (its exit code and messages).
+//! (its exit code and messages). Logs of several pages, which `verify`
+//! reads at once on several connections, fail at the lowest bad position
+//! whichever page it is in, at a page's edges too.
 
 use std::process::{Command, Output};
 
-use jeanus_tests::chain::{alter_payload, append_events, positions_of, remove, swap};
+use jeanus_tests::chain::{
+    alter_payload, append_events, bulk_tenant, positions_of, remove, swap, write_chained_log,
+    FILLER_TYPE,
+};
 use jeanus_tests::process::binary;
 use jeanus_tests::TestEnv;
-use projector::verify::{self, Broken, Checkpoint, Fault, Intact, Options, Outcome};
+use projector::verify::{self, Broken, Checkpoint, Fault, Intact, Options, Outcome, PAGE_SIZE};
 use schema::chain::to_hex;
 use schema::store::EventStore;
+use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -268,4 +274,119 @@ async fn the_binary_exits_non_zero_naming_the_first_bad_position(pool: PgPool) {
         "{}",
         text(&unreachable.stderr)
     );
+}
+
+/// A log of `events` events of `tenants` tenants, written in bulk (the
+/// tenant of position p is `bulk_tenant(p % tenants)`).
+async fn bulk_log(pool: &PgPool, events: i64, tenants: i64) {
+    write_chained_log(
+        pool,
+        events,
+        tenants,
+        FILLER_TYPE,
+        1,
+        &json!({}),
+        &json!({"n": 1, "amount": 12.50, "text": "tab \t é"}),
+    )
+    .await
+    .expect("a bulk log");
+}
+
+/// Asserts that a walk over every tenant breaks at `position` with `fault`,
+/// having verified every event before it.
+async fn assert_broken_at(pool: &PgPool, position: i64, fault: Fault) {
+    let b = broken(run(pool, every_tenant()).await);
+    assert_eq!((b.position, b.fault), (position, fault));
+    assert_eq!(b.events as i64, position - 1);
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn an_altered_event_at_a_page_edge_fails_at_its_position_below_any_later_one(pool: PgPool) {
+    let events = 2 * PAGE_SIZE + 500;
+    bulk_log(&pool, events, 3).await;
+    let Outcome::Intact(all) = run(&pool, every_tenant()).await else {
+        panic!("the bulk log does not verify");
+    };
+    assert_eq!((all.events as i64, all.tenants), (events, 3));
+
+    // From the last page down: each new fault is below the ones found
+    // before, in pages read before or at once with theirs.
+    for victim in [
+        events,
+        2 * PAGE_SIZE + 1,
+        2 * PAGE_SIZE,
+        PAGE_SIZE + 1,
+        PAGE_SIZE,
+    ] {
+        alter_payload(&pool, victim).await;
+        let b = broken(run(&pool, every_tenant()).await);
+        assert_eq!(
+            (b.position, b.tenant_id, b.fault),
+            (victim, Some(bulk_tenant(victim % 3)), Fault::HashMismatch)
+        );
+        assert_eq!(b.events as i64, victim - 1);
+    }
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn rows_removed_or_swapped_across_a_page_edge_fail_at_the_first(pool: PgPool) {
+    let events = 2 * PAGE_SIZE + 500;
+    bulk_log(&pool, events, 3).await;
+
+    swap(&pool, PAGE_SIZE, PAGE_SIZE + 1).await;
+    assert_broken_at(&pool, PAGE_SIZE, Fault::HashMismatch).await;
+    swap(&pool, PAGE_SIZE, PAGE_SIZE + 1).await;
+    assert!(matches!(
+        run(&pool, every_tenant()).await,
+        Outcome::Intact(_)
+    ));
+
+    remove(&pool, 2 * PAGE_SIZE + 1).await;
+    assert_broken_at(&pool, 2 * PAGE_SIZE + 1, Fault::Missing).await;
+    remove(&pool, PAGE_SIZE + 1).await;
+    assert_broken_at(&pool, PAGE_SIZE + 1, Fault::Missing).await;
+    remove(&pool, PAGE_SIZE).await;
+    assert_broken_at(&pool, PAGE_SIZE, Fault::Missing).await;
+}
+
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn one_tenants_walk_over_several_pages_fails_at_its_page_edges(pool: PgPool) {
+    // Tenant 0 holds the even positions: one page of its own and 100 more.
+    let events = 2 * (PAGE_SIZE + 100);
+    bulk_log(&pool, events, 2).await;
+    let tenant0 = bulk_tenant(0);
+    let Outcome::Intact(mine) = run(&pool, tenant(tenant0)).await else {
+        panic!("the tenant's chain does not verify");
+    };
+    assert_eq!(mine.events as i64, PAGE_SIZE + 100);
+    assert_eq!(mine.last_position, events);
+
+    // From a checkpoint inside its first page, across the edge.
+    let at = 20;
+    let checkpoint = Checkpoint {
+        position: at,
+        hash: hash_at(&pool, at).await,
+    };
+    let from = Options {
+        tenant: Some(tenant0),
+        checkpoint: Some(checkpoint),
+    };
+    let Outcome::Intact(rest) = run(&pool, from.clone()).await else {
+        panic!("from a good checkpoint");
+    };
+    assert_eq!(rest.events as i64, PAGE_SIZE + 100 - at / 2);
+
+    // Its first event of the second page, then its last of the first.
+    for victim in [2 * (PAGE_SIZE + 1), 2 * PAGE_SIZE] {
+        alter_payload(&pool, victim).await;
+        for options in [tenant(tenant0), from.clone()] {
+            let b = broken(run(&pool, options).await);
+            assert_eq!((b.position, b.fault), (victim, Fault::HashMismatch));
+        }
+    }
+    // The other tenant's chain is untouched.
+    assert!(matches!(
+        run(&pool, tenant(bulk_tenant(1))).await,
+        Outcome::Intact(_)
+    ));
 }

@@ -10,20 +10,29 @@
 //!    both sides.
 //! 2. `verify` over a log of `--verify-events` events of 100 tenants
 //!    (written in SQL with the migration's own chain functions, as its
-//!    backfill does), against a keyset read of the same columns that
-//!    hashes nothing.
+//!    backfill does), against `verify`'s own pages read without hashing
+//!    (`projector::verify::Pages`: read ahead on several connections, each
+//!    row decoded), and against the walk `verify` made before it read ahead
+//!    (keyset pages on one connection, hashed as read) with and without its
+//!    hashing. Each is measured `--verify-rounds` times, the order turned
+//!    each round, and the median reported. `--skip-appends` measures only
+//!    this part.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
-use projector::verify::{self, Options, Outcome};
+use projector::verify::{self, Options, Outcome, Pages, Row};
+use schema::chain::{self, CanonicalEvent};
 use schema::store::EventStore;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use jeanus_tests::chain::write_chained_log;
 
 use crate::append::{append_op, checkpoint, Figures, Shape};
 use crate::database::Scratch;
@@ -34,6 +43,7 @@ use crate::Common;
 const DEFAULT_WRITERS: [usize; 2] = [1, 64];
 const DEFAULT_EVENTS: [usize; 2] = [1, 10];
 const DEFAULT_VERIFY_EVENTS: i64 = 1_000_000;
+const DEFAULT_VERIFY_ROUNDS: usize = 3;
 const TENANTS: i64 = 100;
 const STORE_CONNECTIONS: u32 = 2;
 
@@ -56,6 +66,12 @@ pub struct Args {
     /// Events in the log `verify` walks.
     #[arg(long, default_value_t = DEFAULT_VERIFY_EVENTS)]
     verify_events: i64,
+    /// Times `verify` and each read are measured.
+    #[arg(long, default_value_t = DEFAULT_VERIFY_ROUNDS)]
+    verify_rounds: usize,
+    /// Measure `verify` only, not the appends.
+    #[arg(long)]
+    skip_appends: bool,
 }
 
 impl Default for Args {
@@ -64,6 +80,8 @@ impl Default for Args {
             writers: DEFAULT_WRITERS.to_vec(),
             events: DEFAULT_EVENTS.to_vec(),
             verify_events: DEFAULT_VERIFY_EVENTS,
+            verify_rounds: DEFAULT_VERIFY_ROUNDS,
+            skip_appends: false,
         }
     }
 }
@@ -82,15 +100,30 @@ struct AppendLine {
 struct VerifyFigures {
     events: i64,
     tenants: i64,
-    /// `verify` over every tenant.
+    /// Pages read at once (`projector::verify::READERS`).
+    readers: usize,
+    /// `verify` over every tenant: the median round, and every round.
     verify_s: f64,
     verify_per_s: f64,
-    /// `verify --tenant` of one tenant (about events ÷ tenants).
+    verify_rounds_s: Vec<f64>,
+    /// `verify --tenant` of one tenant (about events ÷ tenants), once.
     one_tenant_events: u64,
     one_tenant_per_s: f64,
-    /// The same keyset pages read without hashing.
+    /// `verify`'s pages read and decoded without hashing.
     read_s: f64,
     read_per_s: f64,
+    read_rounds_s: Vec<f64>,
+    /// Before: keyset pages on one connection, hashed as read.
+    keyset_walk_s: f64,
+    keyset_walk_per_s: f64,
+    keyset_walk_rounds_s: Vec<f64>,
+    /// Keyset pages of the same columns on one connection, without hashing.
+    keyset_read_s: f64,
+    keyset_read_per_s: f64,
+    keyset_read_rounds_s: Vec<f64>,
+    /// The load average (1 min) before and after the measurements.
+    load_before: f64,
+    load_after: f64,
 }
 
 pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
@@ -103,22 +136,27 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
         "--events must list numbers above 0"
     );
     ensure!(args.verify_events > 0, "--verify-events must be above 0");
+    ensure!(args.verify_rounds > 0, "--verify-rounds must be above 0");
     let window = common.window()?;
     let url = common.database_url()?;
 
-    let scratch = Scratch::create(url).await?;
-    eprintln!("chain: appends in scratch database {}", scratch.name());
-    let appends = tokio::select! {
-        lines = measure_appends(&scratch, args, window) => lines,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    let appends = if args.skip_appends {
+        Vec::new()
+    } else {
+        let scratch = Scratch::create(url).await?;
+        eprintln!("chain: appends in scratch database {}", scratch.name());
+        let appends = tokio::select! {
+            lines = measure_appends(&scratch, args, window) => lines,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        scratch.drop().await;
+        appends?
     };
-    scratch.drop().await;
-    let appends = appends?;
 
     let scratch = Scratch::create(url).await?;
     eprintln!("chain: verify in scratch database {}", scratch.name());
     let verified = tokio::select! {
-        figures = measure_verify(&scratch, args.verify_events) => figures,
+        figures = measure_verify(&scratch, args.verify_events, args.verify_rounds) => figures,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     scratch.drop().await;
@@ -232,8 +270,12 @@ fn merge(into: &mut Measured, other: Measured) -> anyhow::Result<()> {
         .context("failed to merge latency histograms")
 }
 
-async fn measure_verify(scratch: &Scratch, events: i64) -> anyhow::Result<VerifyFigures> {
-    let pool = scratch.pool(2).await?;
+async fn measure_verify(
+    scratch: &Scratch,
+    events: i64,
+    rounds: usize,
+) -> anyhow::Result<VerifyFigures> {
+    let pool = scratch.pool(verify::READERS as u32 + 1).await?;
     let started = Instant::now();
     write_log(&pool, events).await?;
     eprintln!(
@@ -242,23 +284,31 @@ async fn measure_verify(scratch: &Scratch, events: i64) -> anyhow::Result<Verify
         started.elapsed().as_secs_f64()
     );
 
-    // The baseline first, which also warms the cache for both.
-    let read_s = read_all(&pool).await?;
-    let started = Instant::now();
-    let outcome = verify::verify(&pool, &Options::default(), |p| {
-        eprint!("\rchain: verify at position {} of {}", p.position, p.head);
-    })
-    .await?;
-    let verify_s = started.elapsed().as_secs_f64();
-    eprintln!();
-    let Outcome::Intact(all) = outcome else {
-        anyhow::bail!("the generated chain does not verify: {outcome:?}");
-    };
-    ensure!(
-        all.events as i64 == events,
-        "verify saw {} events",
-        all.events
-    );
+    // One read first to warm the cache for all.
+    read_pages(&pool, events).await?;
+    let load_before = load_average();
+    let mut rounds_s: [Vec<f64>; 4] = Default::default();
+    for round in 0..rounds {
+        for walk in (0..4).map(|w| (w + round) % 4) {
+            rounds_s[walk].push(match walk {
+                0 => verify_all(&pool, events).await?,
+                1 => read_pages(&pool, events).await?,
+                2 => walk_keyset(&pool, events, true).await?,
+                _ => walk_keyset(&pool, events, false).await?,
+            });
+        }
+        let rate = |walk: usize| thousands(events as f64 / rounds_s[walk][round]);
+        eprintln!(
+            "chain: round {}: verify {} events/s, its pages read {}; before: keyset walk {}, \
+             keyset read {}",
+            round + 1,
+            rate(0),
+            rate(1),
+            rate(2),
+            rate(3),
+        );
+    }
+    let [verify_rounds_s, read_rounds_s, keyset_walk_rounds_s, keyset_read_rounds_s] = rounds_s;
 
     let tenant: Uuid = sqlx::query_scalar("select tenant_id from events where position = 1")
         .fetch_one(&pool)
@@ -278,57 +328,103 @@ async fn measure_verify(scratch: &Scratch, events: i64) -> anyhow::Result<Verify
     let Outcome::Intact(one) = one else {
         anyhow::bail!("one tenant's chain does not verify: {one:?}");
     };
+    let load_after = load_average();
     pool.close().await;
+    let (verify_s, read_s, keyset_walk_s, keyset_read_s) = (
+        median(&verify_rounds_s),
+        median(&read_rounds_s),
+        median(&keyset_walk_rounds_s),
+        median(&keyset_read_rounds_s),
+    );
     Ok(VerifyFigures {
         events,
         tenants: TENANTS,
+        readers: verify::READERS,
         verify_s,
         verify_per_s: events as f64 / verify_s,
+        verify_rounds_s,
         one_tenant_events: one.events,
         one_tenant_per_s: one.events as f64 / one_s,
         read_s,
         read_per_s: events as f64 / read_s,
+        read_rounds_s,
+        keyset_walk_s,
+        keyset_walk_per_s: events as f64 / keyset_walk_s,
+        keyset_walk_rounds_s,
+        keyset_read_s,
+        keyset_read_per_s: events as f64 / keyset_read_s,
+        keyset_read_rounds_s,
+        load_before,
+        load_after,
     })
 }
 
+/// Seconds for `verify` over every tenant, which must find all `events`.
+async fn verify_all(pool: &PgPool, events: i64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let outcome = verify::verify(pool, &Options::default(), |p| {
+        eprint!("\rchain: verify at position {} of {}", p.position, p.head);
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!();
+    let Outcome::Intact(all) = outcome else {
+        anyhow::bail!("the generated chain does not verify: {outcome:?}");
+    };
+    ensure!(
+        all.events as i64 == events,
+        "verify saw {} events",
+        all.events
+    );
+    Ok(seconds)
+}
+
+/// Seconds to read and decode every event in `verify`'s pages, hashing
+/// nothing.
+async fn read_pages(pool: &PgPool, events: i64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut pages = Pages::new(pool, None, 0, events);
+    let (mut seen, mut total) = (0i64, 0u64);
+    while let Some(page) = pages.next().await? {
+        for row in &page {
+            let row = Row::decode(row)?;
+            seen += 1;
+            total += (row.event.data.len() + row.event.metadata.len()) as u64 % 2;
+        }
+    }
+    std::hint::black_box(total);
+    ensure!(seen == events, "the pages held {seen} events");
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// The 1-minute load average, or NaN where `/proc/loadavg` is not.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// `events` lead events of [`TENANTS`] tenants, interleaved, chained with
-/// the migration's functions; then `vacuum analyze`.
+/// the migration's functions.
 async fn write_log(pool: &PgPool, events: i64) -> anyhow::Result<()> {
-    let shape = Shape::new();
-    let event = shape.event();
-    sqlx::query(
-        "insert into events (position, id, tenant_id, stream_type, stream_id, stream_version,
-                             event_type, schema_version, occurred_at, metadata, data, hash)
-         select position, id, tenant_id, 'lead', id, 1, $3, $4, occurred_at, $5, $6,
-                jeanus_chain(jeanus_event_canonical(position, id, $3, $4, 'lead', id, 1,
-                                                    occurred_at, $5, $6),
-                             '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
-                    over (partition by tenant_id order by position)
-           from (select g as position, gen_random_uuid() as id,
-                        ('00000000-0000-4000-8000-' || lpad((g % $2)::text, 12, '0'))::uuid
-                            as tenant_id,
-                        now() + make_interval(secs => g / 1000.0) as occurred_at
-                   from generate_series(1, $1) g) s",
+    let event = Shape::new().event();
+    write_chained_log(
+        pool,
+        events,
+        TENANTS,
+        event.event_type,
+        event.schema_version,
+        &serde_json::to_value(&event.metadata)?,
+        &event.data,
     )
-    .bind(events)
-    .bind(TENANTS)
-    .bind(event.event_type)
-    .bind(event.schema_version)
-    .bind(sqlx::types::Json(&event.metadata))
-    .bind(&event.data)
-    .execute(pool)
     .await
-    .context("failed to write the log")?;
-    sqlx::query("update event_log_head set position = $1")
-        .bind(events)
-        .execute(pool)
-        .await
-        .context("failed to move the head")?;
-    sqlx::query("vacuum analyze events")
-        .execute(pool)
-        .await
-        .context("failed to vacuum")?;
-    Ok(())
 }
 
 /// The columns of [`verify::COLUMNS`].
@@ -347,35 +443,109 @@ type Columns = (
     Vec<u8>,
 );
 
-/// Seconds to read every event in `verify`'s pages, hashing nothing.
-async fn read_all(pool: &PgPool) -> anyhow::Result<f64> {
+/// Seconds for the walk `verify` made before it read ahead: keyset pages
+/// of [`verify::PAGE_SIZE`] on one connection, each row decoded into owned
+/// columns and, if `hash`, hashed as it arrives (without the checks of
+/// density, which cost nothing).
+async fn walk_keyset(pool: &PgPool, events: i64, hash: bool) -> anyhow::Result<f64> {
     let sql = format!(
         "select {} from events where position > $1 order by position limit $2",
         verify::COLUMNS
     );
     let started = Instant::now();
     let (mut after, mut total) = (0i64, 0u64);
+    let mut prev: HashMap<Uuid, chain::Hash> = HashMap::new();
+    let mut buffer = Vec::with_capacity(4096);
     loop {
         let mut rows = sqlx::query_as::<_, Columns>(&sql)
             .bind(after)
             .bind(verify::PAGE_SIZE)
             .fetch(pool);
         let mut in_page = 0;
-        while let Some((position, .., data, _)) = rows.try_next().await? {
+        while let Some(row) = rows.try_next().await? {
+            let (position, id, tenant_id, event_type, schema_version, stream_type) =
+                (row.0, row.1, row.2, &row.3, row.4, &row.5);
+            let (stream_id, stream_version, occurred_at, metadata, data, stored) =
+                (row.6, row.7, row.8, &row.9, &row.10, &row.11);
             after = position;
             in_page += 1;
             total += data.len() as u64 % 2;
+            if !hash {
+                continue;
+            }
+            let event = CanonicalEvent {
+                position,
+                id,
+                event_type,
+                schema_version,
+                stream_type,
+                stream_id,
+                stream_version,
+                occurred_at,
+                metadata,
+                data,
+            };
+            chain::write_canonical(&event, &mut buffer);
+            let link = chain::next_hash(prev.get(&tenant_id).unwrap_or(&chain::GENESIS), &buffer);
+            ensure!(stored[..] == link[..], "the chain breaks at {position}");
+            prev.insert(tenant_id, link);
         }
         if in_page < verify::PAGE_SIZE {
             break;
         }
     }
     std::hint::black_box(total);
-    Ok(started.elapsed().as_secs_f64())
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(after == events, "the keyset walk ended at {after}");
+    Ok(seconds)
 }
 
 fn section(lines: &[AppendLine], v: &VerifyFigures, window: Window) -> Section {
     let mut md = String::from("## chain: the hash chain at append, and `verify`\n\n");
+    if !lines.is_empty() {
+        append_lines(&mut md, lines, window);
+    }
+    md.push_str(&format!(
+        "`verify` over {} events of {} tenants, median of {} rounds ({} cores, load average \
+         {:.2} before, {:.2} after):\n\n\
+         | walk | s | events/s |\n|---|---:|---:|\n\
+         | `verify`, every tenant | {:.2} | **{}** |\n\
+         | its pages ({} read at once), decoded, not hashed | {:.2} | {} |\n\
+         | before: keyset pages on one connection, hashed as read | {:.2} | {} |\n\
+         | before: keyset pages on one connection, not hashed | {:.2} | {} |\n\
+         | `verify --tenant`, one tenant ({} events), once | | {} |\n\n\
+         Goal ≥ {} events/s: {}; verify at {:.2}× its pages' bare read, {:.2}× the walk \
+         before.\n",
+        thousands(v.events as f64),
+        v.tenants,
+        v.verify_rounds_s.len(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        v.load_before,
+        v.load_after,
+        v.verify_s,
+        thousands(v.verify_per_s),
+        v.readers,
+        v.read_s,
+        thousands(v.read_per_s),
+        v.keyset_walk_s,
+        thousands(v.keyset_walk_per_s),
+        v.keyset_read_s,
+        thousands(v.keyset_read_per_s),
+        thousands(v.one_tenant_events as f64),
+        thousands(v.one_tenant_per_s),
+        thousands(GOAL_VERIFY_PER_S),
+        verdict(v.verify_per_s >= GOAL_VERIFY_PER_S),
+        v.verify_per_s / v.read_per_s,
+        v.verify_per_s / v.keyset_walk_per_s,
+    ));
+    Section {
+        name: "chain",
+        markdown: md,
+        json: serde_json::json!({ "appends": lines, "verify": v }),
+    }
+}
+
+fn append_lines(md: &mut String, lines: &[AppendLine], window: Window) {
     md.push_str(&format!(
         "Appends as in `append` (one shared `EventStore`, pool of {STORE_CONNECTIONS}, each \
          append to a new stream), with `jeanus_append` of migration 0016 (the chain, computed \
@@ -409,27 +579,7 @@ fn section(lines: &[AppendLine], v: &VerifyFigures, window: Window) -> Section {
             verdict(line.added_cost <= GOAL_ADDED_COST)
         ));
     }
-    md.push_str(&format!(
-        "\n`verify` over {} events of {} tenants: {:.2} s, **{} events/s** (goal ≥ {}: {}); \
-         one tenant ({} events): {} events/s; the same pages read without hashing: {:.2} s, \
-         {} events/s (verify at {:.2}× the bare read).\n",
-        thousands(v.events as f64),
-        v.tenants,
-        v.verify_s,
-        thousands(v.verify_per_s),
-        thousands(GOAL_VERIFY_PER_S),
-        verdict(v.verify_per_s >= GOAL_VERIFY_PER_S),
-        thousands(v.one_tenant_events as f64),
-        thousands(v.one_tenant_per_s),
-        v.read_s,
-        thousands(v.read_per_s),
-        v.verify_per_s / v.read_per_s,
-    ));
-    Section {
-        name: "chain",
-        markdown: md,
-        json: serde_json::json!({ "appends": lines, "verify": v }),
-    }
+    md.push('\n');
 }
 
 fn verdict(met: bool) -> &'static str {
