@@ -5,8 +5,7 @@
 //! **Architecture Invariant**: no response without its audit entry. The
 //! middleware awaits the commit of the request's row (a group commit through
 //! the process's [`crate::gate::Gate`]: one round trip and one WAL flush for
-//! every request that finished meanwhile, which also carries the rate-limit
-//! decisions of the requests that arrived meanwhile) before it hands the response to the
+//! every request that finished meanwhile) before it hands the response to the
 //! server, so a process killed with SIGKILL right after a client got its
 //! answer has already made that answer's entry durable. When the write
 //! fails, the client gets 503 `unavailable` instead of the answer it would
@@ -33,8 +32,9 @@ use uuid::Uuid;
 
 use crate::auth::client_ip::ClientIp;
 use crate::error::{ApiError, ErrorCode};
-use crate::gate::{Done, Gate, Item};
+use crate::gate::Gate;
 use crate::request_id;
+use schema::batch::Announced;
 
 /// How long a request waits for its entry to commit before it is answered
 /// 503 instead: long enough to ride out a WAL flush stalled behind a
@@ -99,17 +99,24 @@ impl AuditLog {
         Self { gate }
     }
 
-    /// Write `entry` and wait until it is committed.
-    pub async fn record(&self, entry: Entry) -> Result<(), AuditError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.gate.submit(Item::Record(entry))).await {
-            Ok(Ok(Done::Recorded(result))) => result,
-            Ok(Ok(Done::Decided(_)) | Err(_)) => Err(AuditError::Stopped),
+    /// A request has started: its entry will follow (see [`crate::gate`]).
+    pub fn announce(&self) -> Announced {
+        self.gate.announce()
+    }
+
+    /// Write `entry`, the one `announced` stood for, and wait until it is
+    /// committed.
+    pub async fn record(&self, entry: Entry, announced: Announced) -> Result<(), AuditError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.gate.record(entry, announced)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(AuditError::Stopped),
             Err(_) => Err(AuditError::TimedOut),
         }
     }
 }
 
-/// Writes a batch of entries on its own (without decisions to carry along).
+/// Writes a batch of entries (the entries' writer in [`crate::gate`] calls
+/// this).
 pub(crate) async fn write_batch(db: &PgPool, entries: &[Entry]) -> Vec<Result<(), AuditError>> {
     let n = entries.len();
     let columns = Columns::of(entries);
@@ -139,8 +146,8 @@ pub(crate) async fn write_batch(db: &PgPool, entries: &[Entry]) -> Vec<Result<()
 
 /// The statement that writes a batch of entries, a column per array
 /// (binary parameters, nothing for PostgreSQL to parse), its parameters
-/// numbered from `$first` (see [`Columns::bind`]).
-pub(crate) fn insert_statement(first: usize) -> String {
+/// numbered from `$first` (see [`Columns::add_to`]).
+fn insert_statement(first: usize) -> String {
     const TYPES: [&str; 15] = [
         "uuid[]",
         "uuid[]",
@@ -175,7 +182,7 @@ pub(crate) fn insert_statement(first: usize) -> String {
 static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_statement(1));
 
 /// A batch of entries as the columns of [`insert_statement`].
-pub(crate) struct Columns<'a> {
+struct Columns<'a> {
     ids: Vec<Uuid>,
     tenant_ids: Vec<Option<Uuid>>,
     ats: Vec<DateTime<Utc>>,
@@ -194,7 +201,7 @@ pub(crate) struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    pub(crate) fn of(entries: &'a [Entry]) -> Self {
+    fn of(entries: &'a [Entry]) -> Self {
         fn column<'a, T>(entries: &'a [Entry], field: impl Fn(&'a Entry) -> T) -> Vec<T> {
             entries.iter().map(field).collect()
         }
@@ -218,7 +225,7 @@ impl<'a> Columns<'a> {
     }
 
     /// Adds the next 15 parameters, in the order of [`insert_statement`].
-    pub(crate) fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
+    fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
         args.add(&self.ids)?;
         args.add(&self.tenant_ids)?;
         args.add(&self.ats)?;
@@ -263,6 +270,7 @@ pub async fn middleware(State(audit): State<AuditLog>, request: Request, next: N
     if !audited(path) {
         return next.run(request).await;
     }
+    let announced = audit.announce();
     let started = Instant::now();
     let at = Utc::now();
     let admin_tenant = tenant_in_admin_path(path);
@@ -301,7 +309,7 @@ pub async fn middleware(State(audit): State<AuditLog>, request: Request, next: N
         user_agent,
         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
     };
-    match audit.record(entry).await {
+    match audit.record(entry, announced).await {
         Ok(()) => response,
         Err(e) => {
             tracing::error!(

@@ -1,89 +1,165 @@
-//! The request path's one batch writer. Every `/api/v1` request needs two
+//! The request path's two batch writers. Every `/api/v1` request needs two
 //! things from PostgreSQL: a rate-limit decision before its handler runs
 //! ([`crate::ratelimit`]) and its audit entry committed before its response
-//! leaves ([`crate::audit`]). Both go through this one [`Batcher`], so that
-//! one batch carries the decisions of the requests arriving and the entries
-//! of the requests leaving: one statement, one transaction, one round trip
-//! (and one WAL flush) for both, where two writers took two. The limiter's
-//! tables are UNLOGGED, so a decision waits for the flush only because its
-//! batch also carries entries.
+//! leaves ([`crate::audit`]). Each goes through a [`Batcher`] of its own, on
+//! a connection of its own, because the two differ in what a commit costs:
 //!
-//! A combined batch that fails is run again as its two halves, each with
-//! its own retry: a broken audit table never costs a decision, nor a broken
-//! limiter an entry.
+//! - the limiter's tables are UNLOGGED, so a batch of decisions commits
+//!   without waiting for a WAL flush: a fraction of a millisecond;
+//! - a batch of entries must wait for the WAL flush (durability is the
+//!   point), which takes milliseconds on a slow disk (3.5 ms per `fdatasync`
+//!   on the bench machine's). When decisions shared those batches, every
+//!   decision waited for a flush too, and a request for two flushes.
+//!
+//! Both writers linger, each its own way ([`Linger`]), because a batch's
+//! fixed cost in PostgreSQL (≈ 0.3 ms of backend CPU, whatever it carries)
+//! is most of its cost when batches are small:
+//!
+//! - the entries' writer waits, up to [`LINGER`], while requests that have
+//!   started ([`Gate::announce`]) have not yet handed in their entries, so
+//!   that one flush carries them rather than the next;
+//! - the decisions' writer lets the runtime run its other ready tasks, up
+//!   to [`DECISION_ROUNDS`] times while that brings more asks: requests
+//!   queued behind the CPU join the batch; on an idle runtime it costs
+//!   microseconds.
+//!
+//! A lone request never waits.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use schema::batch::{Batcher, Stopped};
-use sqlx::postgres::PgArguments;
+use schema::batch::{Announced, Batcher, Expected, Linger, Stopped};
 use sqlx::PgPool;
 
-use crate::audit::{self, AuditError, Columns, Entry};
-use crate::ratelimit::{self, Ask, Asked, Decision, LimiterError, Quota};
+use crate::audit::{self, AuditError, Entry};
+use crate::ratelimit::{self, Ask, LimiterError, Quota};
 
-/// Items (decisions and entries) one batch carries at most.
+/// Items one batch carries at most.
 const MAX_BATCH: usize = 1024;
 
-/// Decides the asks (`$1`–`$4`) and writes the entries (`$5`–`$19`) in one
-/// statement.
-static BOTH: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "with recorded as ({}) {}",
-        audit::insert_statement(5),
-        ratelimit::DECIDE
-    )
-});
+/// The longest an entries' batch waits for announced entries: less than a
+/// flush, which is what an entry left behind would wait for first.
+const LINGER: Duration = Duration::from_millis(1);
 
-// Most items are entries: boxing them would add an allocation per request.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Item {
-    Decide(Ask),
-    Record(Entry),
+/// How many rounds of the runtime's ready tasks a decisions' batch lets run
+/// while they bring more asks (`scripts/bench auth`: 8 rounds took batches
+/// from ≈ 18 to ≈ 25 asks under load).
+const DECISION_ROUNDS: usize = 8;
+
+/// Batches and items each writer has sent, in this process, since it
+/// started (every instance adds to the same counters): what the benchmark
+/// reports as items per batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub decision_batches: u64,
+    pub decisions: u64,
+    pub entry_batches: u64,
+    pub entries: u64,
 }
 
-pub(crate) enum Done {
-    Decided(Result<Quota, LimiterError>),
-    Recorded(Result<(), AuditError>),
+static DECISION_BATCHES: AtomicU64 = AtomicU64::new(0);
+static DECISIONS: AtomicU64 = AtomicU64::new(0);
+static ENTRY_BATCHES: AtomicU64 = AtomicU64::new(0);
+static ENTRIES: AtomicU64 = AtomicU64::new(0);
+
+pub fn sent() -> Sent {
+    Sent {
+        decision_batches: DECISION_BATCHES.load(Ordering::Relaxed),
+        decisions: DECISIONS.load(Ordering::Relaxed),
+        entry_batches: ENTRY_BATCHES.load(Ordering::Relaxed),
+        entries: ENTRIES.load(Ordering::Relaxed),
+    }
 }
 
-/// This process's writer. Cheap to clone.
+fn count(batches: &AtomicU64, items: &AtomicU64, n: usize) {
+    batches.fetch_add(1, Ordering::Relaxed);
+    items.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// This process's writers. Cheap to clone: one reference count (every
+/// request clones it, once per layer that holds it).
 #[derive(Clone)]
-pub struct Gate {
-    batcher: Batcher<Item, Done>,
+pub struct Gate(Arc<Writers>);
+
+struct Writers {
+    decisions: Batcher<Ask, Result<Quota, LimiterError>>,
+    entries: Batcher<Entry, Result<(), AuditError>>,
+    /// Requests under way whose entries are still to come.
+    expected: Expected,
     window: Duration,
-    /// The writer's own connection, closed by [`Gate::close`].
-    db: PgPool,
+    /// The writers' own connections, closed by [`Gate::close`].
+    connections: [PgPool; 2],
 }
 
 impl Gate {
-    /// Start the batching task on the current runtime, on a connection of
+    /// Start both writers on the current runtime, each on a connection of
     /// its own, deciding rate limits over `window`.
     pub fn spawn(db: &PgPool, window: Duration) -> Self {
-        let db = own_connection(db);
-        let batcher = Batcher::spawn(MAX_BATCH, MAX_BATCH, |_: &Item| 1, {
-            let db = db.clone();
-            move |items: Vec<Item>| flush(db.clone(), items, window)
+        let deciding = own_connection(db);
+        let decide_linger = Linger::WhileGrowing {
+            rounds: DECISION_ROUNDS,
+        };
+        let decisions =
+            Batcher::spawn_lingering(decide_linger, MAX_BATCH, MAX_BATCH, |_: &Ask| 1, {
+                let db = deciding.clone();
+                move |asks: Vec<Ask>| {
+                    let db = db.clone();
+                    count(&DECISION_BATCHES, &DECISIONS, asks.len());
+                    async move { ratelimit::decide(&db, &asks, window).await }
+                }
+            });
+        let recording = own_connection(db);
+        let expected = Expected::default();
+        let linger = Linger::ForAnnounced {
+            expected: expected.clone(),
+            at_most: LINGER,
+        };
+        let entries = Batcher::spawn_lingering(linger, MAX_BATCH, MAX_BATCH, |_: &Entry| 1, {
+            let db = recording.clone();
+            move |entries: Vec<Entry>| {
+                let db = db.clone();
+                count(&ENTRY_BATCHES, &ENTRIES, entries.len());
+                async move { audit::write_batch(&db, &entries).await }
+            }
         });
-        Self {
-            batcher,
+        Self(Arc::new(Writers {
+            decisions,
+            entries,
+            expected,
             window,
-            db,
-        }
+            connections: [deciding, recording],
+        }))
     }
 
     /// The rate limit's window.
     pub fn window(&self) -> Duration {
-        self.window
+        self.0.window
     }
 
-    /// Close the writer's connection (at shutdown, once no request is left).
+    /// Close the writers' connections (at shutdown, once no request is left).
     pub async fn close(&self) {
-        self.db.close().await;
+        for db in &self.0.connections {
+            db.close().await;
+        }
     }
 
-    pub(crate) async fn submit(&self, item: Item) -> Result<Done, Stopped> {
-        self.batcher.submit(item).await
+    pub(crate) async fn decide(&self, ask: Ask) -> Result<Result<Quota, LimiterError>, Stopped> {
+        self.0.decisions.submit(ask).await
+    }
+
+    /// A request has started whose entry will follow: the entries' writer
+    /// may wait for it while the guard lives.
+    pub(crate) fn announce(&self) -> Announced {
+        self.0.expected.announce()
+    }
+
+    pub(crate) async fn record(
+        &self,
+        entry: Entry,
+        announced: Announced,
+    ) -> Result<Result<(), AuditError>, Stopped> {
+        self.0.entries.submit_announced(entry, announced).await
     }
 }
 
@@ -98,68 +174,4 @@ fn own_connection(db: &PgPool) -> PgPool {
         .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with((*db.connect_options()).clone())
-}
-
-async fn flush(db: PgPool, items: Vec<Item>, window: Duration) -> Vec<Done> {
-    let is_ask: Vec<bool> = items.iter().map(|i| matches!(i, Item::Decide(_))).collect();
-    let mut asks = Vec::new();
-    let mut entries = Vec::new();
-    for item in items {
-        match item {
-            Item::Decide(ask) => asks.push(ask),
-            Item::Record(entry) => entries.push(entry),
-        }
-    }
-    let (decided, recorded) = if asks.is_empty() {
-        (Vec::new(), audit::write_batch(&db, &entries).await)
-    } else if entries.is_empty() {
-        (ratelimit::decide(&db, &asks, window).await, Vec::new())
-    } else {
-        match both(&db, &asks, &entries, window).await {
-            Ok(rows) => (
-                ratelimit::answers(&asks, Ok(rows), window),
-                (0..entries.len()).map(|_| Ok(())).collect(),
-            ),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    decisions = asks.len(),
-                    entries = entries.len(),
-                    "the combined rate-limit and audit batch failed; running each apart"
-                );
-                (
-                    ratelimit::decide(&db, &asks, window).await,
-                    audit::write_batch(&db, &entries).await,
-                )
-            }
-        }
-    };
-    let mut decided = decided.into_iter();
-    let mut recorded = recorded.into_iter();
-    is_ask
-        .into_iter()
-        .map(|ask| {
-            if ask {
-                Done::Decided(decided.next().unwrap_or(Err(LimiterError::Stopped)))
-            } else {
-                Done::Recorded(recorded.next().unwrap_or(Err(AuditError::Stopped)))
-            }
-        })
-        .collect()
-}
-
-async fn both(
-    db: &PgPool,
-    asks: &[Ask],
-    entries: &[Entry],
-    window: Duration,
-) -> Result<Vec<Decision>, sqlx::Error> {
-    let asked = Asked::of(asks, window);
-    let columns = Columns::of(entries);
-    let mut args = PgArguments::default();
-    asked.add_to(&mut args).map_err(sqlx::Error::Encode)?;
-    columns.add_to(&mut args).map_err(sqlx::Error::Encode)?;
-    sqlx::query_as_with::<_, Decision, _>(&BOTH, args)
-        .fetch_all(db)
-        .await
 }

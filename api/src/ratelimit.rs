@@ -8,7 +8,8 @@
 //! writes one slot and reads none while the key's oldest request is still
 //! in the window, and O(log n) slots when it has left, however long the key
 //! was idle: `jeanus_rate_limit` in
-//! `schema/migrations/0013_rate_limit_set_based.sql` has the details. Every
+//! `schema/migrations/0013_rate_limit_set_based.sql` has the details, and
+//! `0014_rate_limit_one_statement.sql` its common case in one statement. Every
 //! instance funnels its decisions through one [`Batcher`]: one round trip
 //! for all the requests that arrived meanwhile. Time is PostgreSQL's clock,
 //! the one clock every instance shares.
@@ -34,7 +35,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::gate::{Done, Gate, Item};
+use crate::gate::Gate;
 
 /// How long a request waits for its decision before it is answered 503
 /// (the limiter sits outside the request timeout).
@@ -135,16 +136,16 @@ impl RateLimiter {
             limit,
             consume,
         };
-        match tokio::time::timeout(DECISION_TIMEOUT, self.gate.submit(Item::Decide(ask))).await {
-            Ok(Ok(Done::Decided(decided))) => decided,
-            Ok(Ok(Done::Recorded(_)) | Err(_)) => Err(LimiterError::Stopped),
+        match tokio::time::timeout(DECISION_TIMEOUT, self.gate.decide(ask)).await {
+            Ok(Ok(decided)) => decided,
+            Ok(Err(_)) => Err(LimiterError::Stopped),
             Err(_) => Err(LimiterError::TimedOut),
         }
     }
 }
 
 #[derive(sqlx::FromRow)]
-pub(crate) struct Decision {
+struct Decision {
     idx: i64,
     allowed: bool,
     remaining: i32,
@@ -154,11 +155,11 @@ pub(crate) struct Decision {
 
 /// The statement that decides a batch, its parameters `$1`–`$4` (see
 /// [`Asked::bind`]).
-pub(crate) const DECIDE: &str = "select idx, allowed, remaining, reset_after_ms, now_ms \
+const DECIDE: &str = "select idx, allowed, remaining, reset_after_ms, now_ms \
                                  from jeanus_rate_limit($1, $2, $3, $4)";
 
 /// A batch of asks as the columns `jeanus_rate_limit` takes.
-pub(crate) struct Asked {
+struct Asked {
     key_ids: Vec<Uuid>,
     limits: Vec<i32>,
     consume: Vec<bool>,
@@ -166,7 +167,7 @@ pub(crate) struct Asked {
 }
 
 impl Asked {
-    pub(crate) fn of(asks: &[Ask], window: Duration) -> Self {
+    fn of(asks: &[Ask], window: Duration) -> Self {
         Self {
             key_ids: asks.iter().map(|a| a.key_id).collect(),
             // A limit of 0 would be a ring of no slots: such a key is
@@ -184,7 +185,7 @@ impl Asked {
     }
 
     /// Adds `$1`–`$4` of [`DECIDE`].
-    pub(crate) fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
+    fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
         args.add(&self.key_ids)?;
         args.add(&self.limits)?;
         args.add(&self.consume)?;
@@ -196,7 +197,7 @@ pub(crate) fn window_ms(window: Duration) -> i64 {
     i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Decides a batch on its own (without audit entries to carry along).
+/// Decides a batch (the decisions' writer in [`crate::gate`] calls this).
 pub(crate) async fn decide(
     db: &PgPool,
     asks: &[Ask],
@@ -224,7 +225,7 @@ pub(crate) async fn decide(
 }
 
 /// Each ask's quota from the rows of [`DECIDE`].
-pub(crate) fn answers(
+fn answers(
     asks: &[Ask],
     rows: Result<Vec<Decision>, sqlx::Error>,
     window: Duration,

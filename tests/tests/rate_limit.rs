@@ -250,3 +250,47 @@ async fn refusals_and_reads_spend_nothing(db: PgPool) {
             .expect("the key has a state row");
     assert_eq!(accepted, 2);
 }
+
+/// Batches from several connections at once on the same keys, as from
+/// several api instances: each key gets exactly its limit accepted, however
+/// the batches interleave, whether a key's state is created by the batch
+/// (the first ones) or already there (the one-statement path of 0014).
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn concurrent_batches_on_shared_keys_accept_exactly_the_limit(db: PgPool) {
+    let keys: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let limit = 50;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..4 {
+        let (db, keys) = (db.clone(), keys.clone());
+        tasks.spawn(async move {
+            let mut accepted: HashMap<Uuid, i32> = HashMap::new();
+            for batch_no in 0..40 {
+                let batch: Vec<(Uuid, i32, bool)> = (0..6)
+                    .map(|i| (keys[(task + batch_no + i) % keys.len()], limit, true))
+                    .collect();
+                let decisions = decide(&db, &batch, 60_000).await;
+                for ((key, _, _), d) in batch.iter().zip(&decisions) {
+                    *accepted.entry(*key).or_default() += i32::from(d.allowed);
+                }
+            }
+            accepted
+        });
+    }
+    let mut accepted: HashMap<Uuid, i32> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        for (key, n) in joined.expect("a deciding task") {
+            *accepted.entry(key).or_default() += n;
+        }
+    }
+    // 320 requests per key within one window: exactly `limit` accepted.
+    for key in &keys {
+        assert_eq!(accepted.get(key), Some(&limit), "key {key}");
+        let stored: i64 =
+            sqlx::query_scalar("select accepted from rate_limit_state where key_id = $1")
+                .bind(key)
+                .fetch_one(&db)
+                .await
+                .expect("the key has a state row");
+        assert_eq!(stored, i64::from(limit));
+    }
+}

@@ -116,6 +116,10 @@ struct Round {
     /// PostgreSQL transactions committed on the scratch database per `me`
     /// request (limiter and audit batches, plus background work).
     transactions_per_me: f64,
+    /// Rate-limit decisions per batch the api sent.
+    decisions_per_batch: f64,
+    /// Audit entries per batch the api sent.
+    entries_per_batch: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -306,6 +310,7 @@ async fn measure_round(
     // Authenticated: every layer, each client with its own key. The
     // transactions are counted once the instance has exited.
     let commits_before = settled(stats, COMMITS).await?;
+    let sent_before = api::gate::sent();
     let api = RunningApi::start(config, client).await?;
     let me = closed_loop(
         stats,
@@ -321,7 +326,23 @@ async fn measure_round(
     let (me, sent) = me?;
     let transactions_per_me =
         (settled(stats, COMMITS).await? - commits_before) as f64 / sent.max(1) as f64;
+    let batched = api::gate::sent();
+    let per_batch = |items: u64, batches: u64| items as f64 / batches.max(1) as f64;
+    let decisions_per_batch = per_batch(
+        batched.decisions - sent_before.decisions,
+        batched.decision_batches - sent_before.decision_batches,
+    );
+    let entries_per_batch = per_batch(
+        batched.entries - sent_before.entries,
+        batched.entry_batches - sent_before.entry_batches,
+    );
+    eprintln!(
+        "auth: {transactions_per_me:.3} transactions per /api/v1/me; per batch: \
+         {decisions_per_batch:.1} decisions, {entries_per_batch:.1} entries"
+    );
     Ok(Round {
+        decisions_per_batch,
+        entries_per_batch,
         ratio: if healthz.per_s > 0.0 {
             me.per_s / healthz.per_s
         } else {
@@ -678,8 +699,9 @@ fn section(r: &Results, window: Window) -> Section {
     md.push_str(&format!(
         "\nRatio /api/v1/me ÷ /healthz: **{:.2}×** (goal ≥ {GOAL_RATIO}). PostgreSQL \
          transactions per /api/v1/me request: {:.3} (group commits of the limiter and the \
-         audit log, plus background work).\n\n",
-        m.ratio, m.transactions_per_me
+         audit log, plus background work); per batch: {:.1} rate-limit decisions, {:.1} \
+         audit entries.\n\n",
+        m.ratio, m.transactions_per_me, m.decisions_per_batch, m.entries_per_batch
     ));
     md.push_str(
         "`KeyCache::authenticate` on a cache hit (header parse, checksum, SHA-256, cache \
