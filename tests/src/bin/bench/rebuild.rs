@@ -63,6 +63,10 @@ pub struct Args {
     /// Events per page (and per load transaction) of the rebuild.
     #[arg(long, default_value_t = DEFAULT_PAGE_SIZE)]
     page_size: i64,
+    /// Connections the rebuild gets (`jeanus-projector rebuild` opens
+    /// `CONNECTIONS`; before 2026-12-05 the bench gave it 4).
+    #[arg(long, default_value_t = CONNECTIONS)]
+    connections: u32,
 }
 
 impl Default for Args {
@@ -71,6 +75,7 @@ impl Default for Args {
             events: DEFAULT_EVENTS,
             tenants: DEFAULT_TENANTS,
             page_size: DEFAULT_PAGE_SIZE,
+            connections: CONNECTIONS,
         }
     }
 }
@@ -109,6 +114,8 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     );
     ensure!(args.tenants > 0, "--tenants must be above 0");
     ensure!(args.page_size > 0, "--page-size must be above 0");
+    // One held by the bench, one reading the log, at least one loading.
+    ensure!(args.connections >= 3, "--connections must be at least 3");
     let scratch = Scratch::create(common.database_url()?).await?;
     eprintln!("rebuild: measuring in scratch database {}", scratch.name());
     let measured = tokio::select! {
@@ -121,8 +128,7 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
 }
 
 async fn measure(scratch: &Scratch, args: &Args) -> anyhow::Result<Results> {
-    // As many connections as `jeanus-projector rebuild` opens.
-    let pool = scratch.pool(CONNECTIONS).await?;
+    let pool = scratch.pool(args.connections).await?;
     eprintln!(
         "rebuild: writing {} events to the log with COPY",
         thousands(args.events as f64)
