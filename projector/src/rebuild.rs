@@ -16,11 +16,12 @@
 //!    position order, but each row is folded in memory and inserted once,
 //!    never read back and rewritten by a later page. Each page is applied by
 //!    the projections' own code ([`Projection::apply_into`]: the live path's
-//!    batch step, aimed at the fresh table), one transaction per page,
-//!    committed with `synchronous_commit = off`: nothing reads these tables,
-//!    and a crash throws them away anyway.
+//!    batch step, aimed at the fresh table, writing the rows of streams that
+//!    begin in the page with `COPY`: [`NewRows::Copy`]), one transaction per
+//!    page, committed with `synchronous_commit = off`: nothing reads these
+//!    tables, and a crash throws them away anyway.
 //! 3. **Indexes**: the live table's other indexes and constraints, built
-//!    once over the loaded rows, then `analyze`.
+//!    once over the loaded rows, two at a time, then `analyze`.
 //! 4. **Catch-up**: the events appended meanwhile, in position order (onto
 //!    the rows the load wrote), page by page, until what is left is less
 //!    than a page.
@@ -47,7 +48,7 @@ use crate::config::{Config, RebuildArgs};
 use crate::consumer::{
     lock_checkpoints, notify_projected, raise_checkpoints, register_checkpoints,
 };
-use crate::projections::Projection;
+use crate::projections::{NewRows, Projection};
 use schema::envelope::RecordedEvent;
 use schema::events::EventPayload;
 
@@ -74,7 +75,7 @@ const SWAP_ATTEMPTS: usize = 3;
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// Connections: one reading the log, one per table being loaded, one for
 /// DDL.
-const CONNECTIONS: u32 = 10;
+pub const CONNECTIONS: u32 = 10;
 
 /// How a rebuild runs.
 #[derive(Debug, Clone)]
@@ -195,7 +196,7 @@ pub async fn rebuild(
             }
         }
     }
-    let result = build_and_swap(pool, &mut guard, &fresh, options, started).await;
+    let result = build_and_swap(pool, &fresh, options, started).await;
     if result.is_err() {
         discard(&mut guard, &fresh).await;
     }
@@ -205,7 +206,6 @@ pub async fn rebuild(
 
 async fn build_and_swap(
     pool: &PgPool,
-    ddl: &mut PgConnection,
     fresh: &[Fresh],
     options: &Options,
     started: Instant,
@@ -230,9 +230,7 @@ async fn build_and_swap(
     bar.finish_and_clear();
 
     let indexing = Instant::now();
-    for table in fresh {
-        tables::finish(ddl, table).await?;
-    }
+    tables::finish(pool, fresh).await?;
     let indexes = indexing.elapsed();
 
     let catching_up = Instant::now();
@@ -448,7 +446,7 @@ async fn apply(
         }
         table
             .projection
-            .apply_into(conn, &table.table, events)
+            .apply_into(conn, &table.table, events, NewRows::Copy)
             .await
             .with_context(|| {
                 format!(

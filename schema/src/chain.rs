@@ -39,7 +39,10 @@ pub struct CanonicalEvent<'a> {
 /// fractional digits (`2026-01-31T09:00:00.000000Z`), as PostgreSQL's
 /// `to_char(… at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`.
 pub fn format_occurred_at(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    let mut out = Vec::with_capacity(27);
+    write_occurred_at(at, &mut out);
+    // Only ASCII digits and punctuation were written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Writes the canonical bytes of `event` into `out` (cleared first).
@@ -55,29 +58,66 @@ pub fn write_canonical(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
 
 /// `{"id": …, "data": …, "type": …, "metadata": …, "position": `
 fn write_before_position(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    let _ = write!(
-        out,
-        "{{\"id\": \"{}\", \"data\": {}, \"type\": {}, \"metadata\": {}, \"position\": ",
-        event.id,
-        event.data,
-        json_string(event.event_type),
-        event.metadata,
-    );
+    out.extend_from_slice(b"{\"id\": \"");
+    write_uuid(event.id, out);
+    out.extend_from_slice(b"\", \"data\": ");
+    out.extend_from_slice(event.data.as_bytes());
+    out.extend_from_slice(b", \"type\": ");
+    write_json_string(event.event_type, out);
+    out.extend_from_slice(b", \"metadata\": ");
+    out.extend_from_slice(event.metadata.as_bytes());
+    out.extend_from_slice(b", \"position\": ");
 }
 
 /// `, "stream_id": …, "occurred_at": …, "stream_type": …, "schema_version": …, "stream_version": `
 fn write_before_version(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    let _ = write!(
-        out,
-        ", \"stream_id\": \"{}\", \"occurred_at\": \"{}\", \"stream_type\": {}, \
-         \"schema_version\": {}, \"stream_version\": ",
-        event.stream_id,
-        event.occurred_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-        json_string(event.stream_type),
-        event.schema_version,
-    );
+    out.extend_from_slice(b", \"stream_id\": \"");
+    write_uuid(event.stream_id, out);
+    out.extend_from_slice(b"\", \"occurred_at\": \"");
+    write_occurred_at(event.occurred_at, out);
+    out.extend_from_slice(b"\", \"stream_type\": ");
+    write_json_string(event.stream_type, out);
+    out.extend_from_slice(b", \"schema_version\": ");
+    out.extend_from_slice(itoa::Buffer::new().format(event.schema_version).as_bytes());
+    out.extend_from_slice(b", \"stream_version\": ");
+}
+
+/// A UUID in lower-case hyphenated form, as PostgreSQL prints one.
+fn write_uuid(id: Uuid, out: &mut Vec<u8>) {
+    let mut buffer = Uuid::encode_buffer();
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
+}
+
+/// [`format_occurred_at`] into `out`, digit by digit: `verify` writes one
+/// per event, and chrono's format strings are interpreted at each call.
+fn write_occurred_at(at: DateTime<Utc>, out: &mut Vec<u8>) {
+    use chrono::{Datelike as _, Timelike as _};
+    fn digits(out: &mut Vec<u8>, value: u32, width: u32) {
+        for place in (0..width).rev() {
+            out.push(b'0' + (value / 10_u32.pow(place) % 10) as u8);
+        }
+    }
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        // Outside what four digits hold: let chrono write it.
+        out.extend_from_slice(at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string().as_bytes());
+        return;
+    }
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, at.month(), 2);
+    out.push(b'-');
+    digits(out, at.day(), 2);
+    out.push(b'T');
+    digits(out, at.hour(), 2);
+    out.push(b':');
+    digits(out, at.minute(), 2);
+    out.push(b':');
+    digits(out, at.second(), 2);
+    out.push(b'.');
+    // A leap second's nanoseconds run past 10⁹; PostgreSQL has none.
+    digits(out, at.nanosecond() % 1_000_000_000 / 1_000, 6);
+    out.push(b'Z');
 }
 
 /// An event's canonical bytes before the log has placed it: everything but
@@ -136,7 +176,7 @@ pub fn next_hash(prev: &Hash, canonical: &[u8]) -> Hash {
 /// (`jsonb::text`), so that the event store's writer can build an event's
 /// canonical bytes before the database has stored it: objects with their
 /// keys sorted by byte length, then bytewise, `", "` and `": "` between
-/// items, strings escaped as [`json_string`] says, numbers as written.
+/// items, strings escaped as [`write_json_string`] says, numbers as written.
 ///
 /// Returns `false`, with `out` partly written, for what it cannot be sure
 /// of: a number PostgreSQL would rewrite (`1e21` is printed
@@ -196,16 +236,12 @@ pub fn write_jsonb_text(value: &serde_json::Value, out: &mut Vec<u8>) -> bool {
     true
 }
 
-fn write_json_string(s: &str, out: &mut Vec<u8>) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
 /// A JSON string as PostgreSQL's `escape_json` writes it, which serde_json
 /// matches: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other control
 /// characters as `\u00xx`, everything else (non-ASCII too) as is.
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// A hash as lower-case hex (64 characters), as the history API shows it.
@@ -252,8 +288,10 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_as_postgresql_escapes_them() {
+        let mut out = Vec::new();
+        write_json_string("a\"b\\c\nd\u{1}é\u{7f}", &mut out);
         assert_eq!(
-            json_string("a\"b\\c\nd\u{1}é\u{7f}"),
+            String::from_utf8(out).expect("utf-8"),
             "\"a\\\"b\\\\c\\nd\\u0001é\u{7f}\""
         );
     }
@@ -287,6 +325,25 @@ mod tests {
             unplaced.link(&prev, event.position + 1, event.stream_version),
             next_hash(&prev, &canonical(&event))
         );
+    }
+
+    #[test]
+    fn occurred_at_is_written_as_chrono_and_postgresql_write_it() {
+        for text in [
+            "2026-01-01T00:00:00Z",
+            "1999-12-31T23:59:59.999999Z",
+            "0001-02-03T04:05:06.000007Z",
+            "2026-06-30T12:00:00.5+02:00",
+        ] {
+            let at = DateTime::parse_from_rfc3339(text)
+                .expect("a time")
+                .with_timezone(&Utc);
+            assert_eq!(
+                format_occurred_at(at),
+                at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                "{text}"
+            );
+        }
     }
 
     #[test]

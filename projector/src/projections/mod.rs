@@ -36,6 +36,7 @@ pub mod resource_table;
 pub mod tenants;
 pub mod webhook_endpoints;
 
+pub use resource_table::NewRows;
 use resource_table::{apply_batch, ResourceTable};
 
 /// One read model. An enum rather than a trait object: the set is closed and
@@ -118,7 +119,8 @@ impl Projection {
         conn: &mut PgConnection,
         events: &[(RecordedEvent, EventPayload)],
     ) -> anyhow::Result<()> {
-        self.apply_into(conn, self.table(), events).await
+        self.apply_into(conn, self.table(), events, NewRows::Upsert)
+            .await
     }
 
     /// [`Projection::apply`] into `table`, a table shaped like
@@ -127,12 +129,15 @@ impl Projection {
     /// grouped by stream (each stream's in order) rather than in position
     /// order: every read model's row depends on its own stream's events
     /// only. A projection whose rows combine several streams would break
-    /// that rule, and must then be loaded in position order.
+    /// that rule, and must then be loaded in position order. `new_rows`
+    /// says how the resource tables write the rows of streams that begin
+    /// in `events` (the rebuild copies them: [`NewRows::Copy`]).
     pub async fn apply_into(
         self,
         conn: &mut PgConnection,
         table: &str,
         events: &[(RecordedEvent, EventPayload)],
+        new_rows: NewRows,
     ) -> anyhow::Result<()> {
         match self {
             Self::Tenants => {
@@ -151,11 +156,13 @@ impl Projection {
                 }
                 Ok(())
             }
-            Self::Customers => apply_batch::<Customer>(conn, table, events).await,
-            Self::Products => apply_batch::<Product>(conn, table, events).await,
-            Self::Leads => apply_batch::<Lead>(conn, table, events).await,
-            Self::Orders => apply_batch::<Order>(conn, table, events).await,
-            Self::WebhookEndpoints => apply_batch::<WebhookEndpoint>(conn, table, events).await,
+            Self::Customers => apply_batch::<Customer>(conn, table, events, new_rows).await,
+            Self::Products => apply_batch::<Product>(conn, table, events, new_rows).await,
+            Self::Leads => apply_batch::<Lead>(conn, table, events, new_rows).await,
+            Self::Orders => apply_batch::<Order>(conn, table, events, new_rows).await,
+            Self::WebhookEndpoints => {
+                apply_batch::<WebhookEndpoint>(conn, table, events, new_rows).await
+            }
         }
     }
 }

@@ -12,6 +12,10 @@
 //! written with `jsonb_to_recordset`, and no column is mapped by hand. Both
 //! directions go through the same serde derive that the api's fold uses, so
 //! a row always equals `Fold::from_events` of its stream.
+//!
+//! A rebuild's load writes the rows of streams that begin in a batch with
+//! `COPY` instead ([`NewRows::Copy`], `copy`): same fold, same columns, only
+//! the statement differs.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +27,8 @@ use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+mod copy;
+
 /// A folded state with its read-model table. Implemented in each table's
 /// module (`customers`, `products`, `leads`, `orders`, …).
 pub trait ResourceTable: Fold + Send + Sync + Unpin + 'static {
@@ -33,6 +39,19 @@ pub trait ResourceTable: Fold + Send + Sync + Unpin + 'static {
     /// Every column of `TABLE` with its SQL type, as `jsonb_to_recordset`
     /// reads it; each is a field of the state's serialised form.
     const COLUMNS: &'static [(&'static str, &'static str)];
+}
+
+/// How a batch writes the rows of streams that begin in it (their first
+/// event here is their first ever, so they have no row yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewRows {
+    /// With the upsert, like the rows of older streams: the live path.
+    Upsert,
+    /// With `COPY`, the older streams' rows still with the upsert: for a
+    /// table that nothing else writes to (the rebuild's fresh tables), where
+    /// the new rows are most rows. A row that exists already fails the batch
+    /// on the primary key, as it fails the upsert.
+    Copy,
 }
 
 /// Applies this batch's events of `T`'s streams to `T`'s table, within the
@@ -55,6 +74,7 @@ pub async fn apply_batch<T: ResourceTable>(
     conn: &mut PgConnection,
     table: &str,
     events: &[(RecordedEvent, EventPayload)],
+    new_rows: NewRows,
 ) -> anyhow::Result<()> {
     let ours: Vec<&(RecordedEvent, EventPayload)> = events
         .iter()
@@ -69,9 +89,9 @@ pub async fn apply_batch<T: ResourceTable>(
         first.entry(event.stream_id).or_insert(event.stream_version);
     }
     let existing: Vec<Uuid> = first
-        .iter()
-        .filter(|(_, &version)| version > 1)
-        .map(|(&id, _)| id)
+        .keys()
+        .copied()
+        .filter(|&id| loaded(&first, id))
         .collect();
 
     let mut states: BTreeMap<Uuid, Option<T>> = first.keys().map(|&id| (id, None)).collect();
@@ -85,8 +105,22 @@ pub async fn apply_batch<T: ResourceTable>(
         let slot = states.entry(event.stream_id).or_insert(None);
         *slot = Some(fold_one(slot.take(), event, payload)?);
     }
-    let rows: Vec<T> = states.into_values().flatten().collect();
+    let (mut rows, mut new) = (Vec::new(), Vec::new());
+    for (id, state) in states {
+        let Some(state) = state else { continue };
+        if new_rows == NewRows::Copy && !loaded(&first, id) {
+            new.push(state);
+        } else {
+            rows.push(state);
+        }
+    }
+    copy::insert(conn, table, T::COLUMNS, &new).await?;
     upsert(conn, table, &rows).await
+}
+
+/// Whether the batch loaded `id`'s row: the stream existed before the batch.
+fn loaded(first: &BTreeMap<Uuid, i64>, id: Uuid) -> bool {
+    first.get(&id).is_some_and(|&version| version > 1)
 }
 
 /// One event onto one state, with the checks the fold does not make.
@@ -204,7 +238,227 @@ fn upsert_sql(table: &str, columns: &[(&str, &str)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, SubsecRound, Utc};
+    use schema::envelope::Metadata;
+    use schema::events::{LeadCreated, LeadStage, OrderItem, OrderStatus};
+    use schema::resources::{Customer, Lead, Meta, Order, Product};
+    use schema::webhook_endpoints::{SealedSecret, WebhookEndpoint};
+    use serde_json::Value;
+    use sqlx::PgPool;
+
     use super::*;
+
+    /// Text that COPY's format and PostgreSQL's array literal must escape.
+    const AWKWARD: &str = "tab\there\nnew\nline\r\\N {a,\"b\"} \\ é ✓";
+
+    fn meta(at: DateTime<Utc>, deleted: bool) -> Meta {
+        Meta {
+            id: Uuid::now_v7(),
+            tenant_id: Uuid::now_v7(),
+            version: 3,
+            created_at: at,
+            updated_at: at,
+            deleted_at: deleted.then_some(at),
+        }
+    }
+
+    /// `rows` written into two copies of `T::TABLE`, one with the upsert and
+    /// one with COPY: both hold the same rows, and they read back as `rows`.
+    async fn both_writers_agree<T: ResourceTable + PartialEq + std::fmt::Debug>(
+        pool: &PgPool,
+        mut rows: Vec<T>,
+    ) {
+        let mut conn = pool.acquire().await.expect("connection");
+        let (upserted, copied) = (
+            format!("{}_upserted", T::TABLE),
+            format!("{}_copied", T::TABLE),
+        );
+        for table in [&upserted, &copied] {
+            sqlx::query(&format!(
+                "create table {table} (like {} including all)",
+                T::TABLE
+            ))
+            .execute(&mut *conn)
+            .await
+            .expect("create a copy of the table");
+        }
+        upsert(&mut conn, &upserted, &rows).await.expect("upsert");
+        copy::insert(&mut conn, &copied, T::COLUMNS, &rows)
+            .await
+            .expect("copy");
+        let mut tables = Vec::new();
+        for table in [&upserted, &copied] {
+            let all: Vec<Value> =
+                sqlx::query_scalar(&format!("select to_jsonb(t) from {table} t order by id"))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .expect("read the rows");
+            tables.push(all);
+        }
+        assert_eq!(tables[0].len(), rows.len());
+        assert_eq!(tables[0], tables[1], "{}: the same rows", T::TABLE);
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.meta().id).collect();
+        let mut back = load::<T>(&mut conn, &copied, &ids).await.expect("load");
+        back.sort_by_key(|r| r.meta().id);
+        rows.sort_by_key(|r| r.meta().id);
+        assert_eq!(back, rows, "{}: the copied rows read back whole", T::TABLE);
+    }
+
+    #[sqlx::test(migrator = "schema::MIGRATOR")]
+    async fn copied_rows_equal_upserted_rows_in_every_resource_table(pool: PgPool) {
+        let at = Utc::now().trunc_subsecs(6);
+        both_writers_agree(
+            &pool,
+            vec![
+                Customer {
+                    meta: meta(at, false),
+                    name: AWKWARD.into(),
+                    email: Some(String::new()),
+                    phone: None,
+                    company: Some("\\N".into()),
+                    notes: Some("\"quoted\"".into()),
+                },
+                Customer {
+                    meta: meta(at, true),
+                    name: "Ada".into(),
+                    email: None,
+                    phone: Some("+1 555 0100".into()),
+                    company: None,
+                    notes: None,
+                },
+            ],
+        )
+        .await;
+        both_writers_agree(
+            &pool,
+            vec![Product {
+                meta: meta(at, false),
+                name: AWKWARD.into(),
+                sku: None,
+                description: Some("line\nbreak".into()),
+                price: Some(i64::MAX),
+                currency: Some("EUR".into()),
+                active: false,
+            }],
+        )
+        .await;
+        both_writers_agree(
+            &pool,
+            vec![Lead {
+                meta: meta(at, false),
+                name: AWKWARD.into(),
+                company: None,
+                email: Some("a@b.example".into()),
+                phone: None,
+                stage: LeadStage::MeetingBooked,
+                estimated_value: Some(0),
+                probability: Some(100),
+                source: "calendly".into(),
+                notes: None,
+            }],
+        )
+        .await;
+        both_writers_agree(
+            &pool,
+            vec![Order {
+                meta: meta(at, true),
+                customer_id: Uuid::now_v7(),
+                status: OrderStatus::Cancelled,
+                currency: None,
+                items: vec![OrderItem {
+                    product_id: Uuid::now_v7(),
+                    quantity: 3,
+                    unit_price: 1999,
+                }],
+                total: None,
+                notes: Some(AWKWARD.into()),
+            }],
+        )
+        .await;
+        both_writers_agree(
+            &pool,
+            vec![WebhookEndpoint {
+                meta: meta(at, false),
+                url: "https://example.com/hooks?a=1&b=\\".into(),
+                events: vec!["lead.created".into(), AWKWARD.into(), String::new()],
+                description: None,
+                enabled: true,
+                disabled_reason: Some(AWKWARD.into()),
+                secrets: vec![
+                    SealedSecret {
+                        sealed: AWKWARD.into(),
+                        expires_at: Some(at),
+                    },
+                    SealedSecret {
+                        sealed: "v1.abc".into(),
+                        expires_at: None,
+                    },
+                ],
+            }],
+        )
+        .await;
+    }
+
+    fn lead_created(
+        tenant_id: Uuid,
+        stream_id: Uuid,
+        position: i64,
+    ) -> (RecordedEvent, EventPayload) {
+        let payload = EventPayload::from(LeadCreated {
+            name: format!("Lead {position}"),
+            company: None,
+            email: None,
+            phone: None,
+            stage: LeadStage::New,
+            estimated_value: None,
+            probability: None,
+            source: "api".into(),
+            notes: None,
+        });
+        let event = RecordedEvent {
+            position,
+            id: Uuid::now_v7(),
+            tenant_id,
+            stream_type: Lead::STREAM_TYPE.to_owned(),
+            stream_id,
+            stream_version: 1,
+            event_type: payload.event_type().to_owned(),
+            schema_version: payload.schema_version(),
+            occurred_at: Utc::now().trunc_subsecs(6),
+            metadata: Metadata::default(),
+            data: payload.to_data(),
+        };
+        (event, payload)
+    }
+
+    #[sqlx::test(migrator = "schema::MIGRATOR")]
+    async fn a_create_copied_twice_fails_and_writes_nothing(pool: PgPool) {
+        let mut conn = pool.acquire().await.expect("connection");
+        let tenant = Uuid::now_v7();
+        let first = vec![lead_created(tenant, Uuid::now_v7(), 1)];
+        apply_batch::<Lead>(&mut conn, Lead::TABLE, &first, NewRows::Copy)
+            .await
+            .expect("the first application");
+        // The same create again, beside a create that is new: the batch
+        // fails whole, as it does through the upsert.
+        let again = vec![first[0].clone(), lead_created(tenant, Uuid::now_v7(), 2)];
+        let err = apply_batch::<Lead>(&mut conn, Lead::TABLE, &again, NewRows::Copy)
+            .await
+            .expect_err("applied twice");
+        assert!(format!("{err:#}").contains("duplicate key"), "{err:#}");
+        let rows: i64 = sqlx::query_scalar("select count(*) from leads")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(rows, 1);
+        let err = apply_batch::<Lead>(&mut conn, Lead::TABLE, &first, NewRows::Upsert)
+            .await
+            .expect_err("applied twice, through the upsert too");
+        assert!(
+            format!("{err:#}").contains("events applied twice"),
+            "{err:#}"
+        );
+    }
 
     #[test]
     fn the_upsert_names_every_column_and_never_updates_the_id() {

@@ -4,12 +4,20 @@
 //! then swapped in for the live table by renames.
 
 use anyhow::Context as _;
-use sqlx::PgConnection;
+use futures::{StreamExt as _, TryStreamExt as _};
+use sqlx::{PgConnection, PgPool};
 
 use crate::projections::Projection;
 
 /// PostgreSQL's longest identifier, in bytes; a longer one is silently cut.
 const MAX_IDENTIFIER: usize = 63;
+
+/// Index builds (and then `analyze`s) run at once.
+const PARALLEL_BUILDS: usize = 2;
+/// `maintenance_work_mem` of an index build: enough to sort the largest
+/// table's index in memory (the default, 64MB, spills to disk past about a
+/// million rows).
+const BUILD_MEMORY: &str = "256MB";
 
 /// The suffix of a fresh table and of its indexes until the swap.
 const SUFFIX: &str = "_rebuild";
@@ -107,14 +115,58 @@ pub(super) async fn create(
     Ok(fresh)
 }
 
-/// Builds the deferred indexes and constraints, then gathers the table's
-/// statistics (so that the planner knows it from its first query after the
-/// swap).
-pub(super) async fn finish(conn: &mut PgConnection, fresh: &Fresh) -> anyhow::Result<()> {
-    for statement in &fresh.deferred {
-        execute(conn, statement).await?;
+/// Builds every fresh table's deferred indexes and constraints, then
+/// gathers each table's statistics (so that the planner knows it from its
+/// first query after the swap). One index build uses one core of the
+/// server (the rows are sorted by one process; a parallel build rarely pays
+/// off at these sizes), so they run [`PARALLEL_BUILDS`] at a time, each on
+/// a connection of its own, the largest tables' first.
+pub(super) async fn finish(pool: &PgPool, fresh: &[Fresh]) -> anyhow::Result<()> {
+    let mut by_size = Vec::new();
+    for table in fresh {
+        let bytes: i64 = sqlx::query_scalar("select pg_relation_size($1::regclass)")
+            .bind(&table.table)
+            .fetch_one(pool)
+            .await
+            .with_context(|| format!("failed to read the size of {}", table.table))?;
+        by_size.push((bytes, table));
     }
-    execute(conn, &format!("analyze {}", fresh.table)).await
+    by_size.sort_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
+    let builds = by_size
+        .iter()
+        .flat_map(|(_, table)| table.deferred.iter().cloned());
+    run_at_once(pool, builds).await?;
+    let analyses = by_size
+        .iter()
+        .map(|(_, table)| format!("analyze {}", table.table));
+    run_at_once(pool, analyses).await
+}
+
+/// Runs `statements` [`PARALLEL_BUILDS`] at a time, each in a transaction
+/// of its own on its own connection, with [`BUILD_MEMORY`] to sort in.
+async fn run_at_once(
+    pool: &PgPool,
+    statements: impl Iterator<Item = String>,
+) -> anyhow::Result<()> {
+    futures::stream::iter(statements)
+        .map(|statement| async move {
+            let mut tx = pool
+                .begin()
+                .await
+                .context("failed to connect to build the indexes")?;
+            execute(
+                &mut tx,
+                &format!("set local maintenance_work_mem = '{BUILD_MEMORY}'"),
+            )
+            .await?;
+            execute(&mut tx, &statement).await?;
+            tx.commit()
+                .await
+                .with_context(|| format!("failed to commit `{statement}`"))
+        })
+        .buffer_unordered(PARALLEL_BUILDS)
+        .try_collect()
+        .await
 }
 
 /// Within the swap's transaction: the live table is dropped and the fresh

@@ -1,15 +1,16 @@
 //! The `rebuild` scenario (issue 6): `projector::rebuild` of every read
 //! model from a log of `--events` events (1,000,000: mostly lead and
 //! customer creates and updates across `--tenants` tenants, bulk-loaded
-//! with COPY), against a bulk `COPY` of the rows it produced into a table of
-//! the same shape, in the same run: the floor for writing those rows.
+//! with COPY), against bulk `COPY`s in the same run: of the rows it produced
+//! into tables of the same shape (bare, and with the read models' indexes),
+//! and of the log's own rows into a bare table shaped like `events`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use chrono::{DateTime, TimeZone, Utc};
 use projector::projections::Projection;
-use projector::rebuild::{rebuild, Options, Report, DEFAULT_PAGE_SIZE};
+use projector::rebuild::{rebuild, Options, Report, CONNECTIONS, DEFAULT_PAGE_SIZE};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -62,6 +63,10 @@ pub struct Args {
     /// Events per page (and per load transaction) of the rebuild.
     #[arg(long, default_value_t = DEFAULT_PAGE_SIZE)]
     page_size: i64,
+    /// Connections the rebuild gets (`jeanus-projector rebuild` opens
+    /// `CONNECTIONS`; before 2026-12-05 the bench gave it 4).
+    #[arg(long, default_value_t = CONNECTIONS)]
+    connections: u32,
 }
 
 impl Default for Args {
@@ -70,6 +75,7 @@ impl Default for Args {
             events: DEFAULT_EVENTS,
             tenants: DEFAULT_TENANTS,
             page_size: DEFAULT_PAGE_SIZE,
+            connections: CONNECTIONS,
         }
     }
 }
@@ -93,9 +99,12 @@ struct Results {
     copy_s: f64,
     /// COPY of those rows into tables with the read models' indexes.
     copy_indexed_s: f64,
+    /// COPY of the log's rows (the events) into a bare events-shaped table.
+    copy_events_s: f64,
     /// COPY time ÷ rebuild time: the rebuild's speed as a fraction of the COPY's.
     ratio: f64,
     ratio_indexed: f64,
+    ratio_events: f64,
 }
 
 pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
@@ -105,6 +114,8 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     );
     ensure!(args.tenants > 0, "--tenants must be above 0");
     ensure!(args.page_size > 0, "--page-size must be above 0");
+    // One held by the bench, one reading the log, at least one loading.
+    ensure!(args.connections >= 3, "--connections must be at least 3");
     let scratch = Scratch::create(common.database_url()?).await?;
     eprintln!("rebuild: measuring in scratch database {}", scratch.name());
     let measured = tokio::select! {
@@ -117,7 +128,7 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
 }
 
 async fn measure(scratch: &Scratch, args: &Args) -> anyhow::Result<Results> {
-    let pool = scratch.pool(4).await?;
+    let pool = scratch.pool(args.connections).await?;
     eprintln!(
         "rebuild: writing {} events to the log with COPY",
         thousands(args.events as f64)
@@ -185,7 +196,14 @@ async fn measure(scratch: &Scratch, args: &Args) -> anyhow::Result<Results> {
 
     eprintln!("rebuild: the COPY baseline");
     let (rows, copy, copy_indexed) = copy_baseline(&mut conn).await?;
-    Ok(results(args, log_load, &report, rows, copy, copy_indexed))
+    let copy_events = copy_events_baseline(&mut conn).await?;
+    Ok(results(
+        args,
+        log_load,
+        &report,
+        rows,
+        [copy, copy_indexed, copy_events],
+    ))
 }
 
 fn results(
@@ -193,8 +211,7 @@ fn results(
     log_load: Duration,
     report: &Report,
     rows: u64,
-    copy: Duration,
-    copy_indexed: Duration,
+    [copy, copy_indexed, copy_events]: [Duration; 3],
 ) -> Results {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Results {
@@ -212,8 +229,10 @@ fn results(
         rows,
         copy_s: copy.as_secs_f64(),
         copy_indexed_s: copy_indexed.as_secs_f64(),
+        copy_events_s: copy_events.as_secs_f64(),
         ratio: copy.as_secs_f64() / report.total.as_secs_f64(),
         ratio_indexed: copy_indexed.as_secs_f64() / report.total.as_secs_f64(),
+        ratio_events: copy_events.as_secs_f64() / report.total.as_secs_f64(),
     }
 }
 
@@ -249,6 +268,21 @@ async fn copy_baseline(conn: &mut PgConnection) -> anyhow::Result<(u64, Duration
         sqlx::query("checkpoint").execute(&mut *conn).await?;
     }
     Ok((rows, times[0], times[1]))
+}
+
+/// The log's rows (every event the rebuild read), copied out, then timed
+/// being copied into a table shaped like `events` without its indexes: the
+/// other reading of "a bulk COPY of the same rows".
+async fn copy_events_baseline(conn: &mut PgConnection) -> anyhow::Result<Duration> {
+    let data = copy_out(conn, "copy events to stdout").await?;
+    sqlx::query("create table bench_events (like events including all excluding indexes)")
+        .execute(&mut *conn)
+        .await?;
+    let started = Instant::now();
+    copy_in(conn, "copy bench_events from stdin", &data).await?;
+    let took = started.elapsed();
+    sqlx::query("checkpoint").execute(&mut *conn).await?;
+    Ok(took)
 }
 
 async fn copy_in(conn: &mut PgConnection, statement: &str, data: &[u8]) -> anyhow::Result<()> {
@@ -560,15 +594,22 @@ fn section(r: &Results) -> Section {
         r.copy_indexed_s
     ));
     md.push_str(&format!(
-        "| ratio, COPY time ÷ rebuild time (no indexes / indexes) | {:.2}× / {:.2}× |\n\n",
-        r.ratio, r.ratio_indexed
+        "| COPY of the log's {} events, no indexes | {:.2} s |\n",
+        thousands(r.events as f64),
+        r.copy_events_s
+    ));
+    md.push_str(&format!(
+        "| ratio, COPY time ÷ rebuild time (rows / rows with indexes / events) | {:.2}× / {:.2}× / {:.2}× |\n\n",
+        r.ratio, r.ratio_indexed, r.ratio_events
     ));
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     md.push_str(&format!(
-        "Goals: ≥ {} events/s: **{}**; ≥ {GOAL_COPY_RATIO}× the COPY (without indexes): **{}**.\n",
+        "Goals: ≥ {} events/s: **{}**; ≥ {GOAL_COPY_RATIO}× the COPY of the rows without indexes: **{}**, with them: **{}**, of the events: **{}**.\n",
         thousands(GOAL_EVENTS_PER_S),
         verdict(r.rebuild_events_per_s >= GOAL_EVENTS_PER_S),
-        verdict(r.ratio >= GOAL_COPY_RATIO)
+        verdict(r.ratio >= GOAL_COPY_RATIO),
+        verdict(r.ratio_indexed >= GOAL_COPY_RATIO),
+        verdict(r.ratio_events >= GOAL_COPY_RATIO),
     ));
     Section {
         name: "rebuild",
