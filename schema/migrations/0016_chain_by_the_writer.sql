@@ -65,6 +65,8 @@ declare
     tenants     uuid[]  := '{}';       -- the tenants of the accepted appends
     chained     boolean;               -- the writer's hashes are the chain's
     hashes      bytea[];               -- the batch's hashes, by position - head
+    written     bigint;
+    k           integer;
 begin
     select h.position into head from event_log_head h where h.singleton for update;
     next_pos := head + 1;
@@ -123,22 +125,29 @@ begin
             and head = p_head
             and everyone
             and cardinality(p_hashes) = next_pos - head - 1
-            and tenants <@ p_tenants
-            -- Each tip: one backward probe of events_tenant_position.
-            and not exists (
-                select from unnest(p_tenants, p_seeds) as s(tenant_id, seed)
-                 where s.seed is distinct from coalesce(
-                           (select e.hash from events e
-                             where e.tenant_id = s.tenant_id
-                             order by e.position desc limit 1),
-                           '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea));
+            and tenants <@ p_tenants;
         if chained then
+            -- The tips, checked in the same statement that inserts (an
+            -- uncorrelated filter, evaluated once): every row is written,
+            -- or none.
             insert into events (position, id, tenant_id, stream_type, stream_id, stream_version,
                                 event_type, schema_version, occurred_at, metadata, data, hash)
             select r.position, r.id, r.tenant_id, r.stream_type, r.stream_id, r.stream_version,
                    r.event_type, r.schema_version, r.occurred_at, r.metadata, r.data,
                    p_hashes[(r.position - head)::integer]
-              from jeanus_append_rows(p_batch, acc_idx, acc_pos, acc_ver) r;
+              from jeanus_append_rows(p_batch, acc_idx, acc_pos, acc_ver) r
+             -- Each tip: one backward probe of events_tenant_position.
+             where not exists (
+                 select from unnest(p_tenants, p_seeds) as s(tenant_id, seed)
+                  where s.seed is distinct from coalesce(
+                            (select e.hash from events e
+                              where e.tenant_id = s.tenant_id
+                              order by e.position desc limit 1),
+                            '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea));
+            get diagnostics written = row_count;
+            chained := written > 0;
+        end if;
+        if chained then
             hashes := p_hashes;
         else
             with r as materialized (
@@ -177,12 +186,20 @@ begin
 
     -- The accepted appends, each with the hash of its last event: what the
     -- writer chains its next batch from.
-    return query
-        select d.idx, 'appended'::text, d.base_version + d.n,
-               case when d.n > 0 then d.first_pos end,
-               case when d.n > 0 then d.first_pos + d.n - 1 end,
-               case when d.n > 0 then hashes[(d.first_pos + d.n - 1 - head)::integer] end,
-               coalesce(chained, false)
-          from unnest(acc_idx, acc_pos, acc_ver, acc_n) as d(idx, first_pos, base_version, n);
+    for k in 1..coalesce(array_length(acc_idx, 1), 0) loop
+        idx := acc_idx[k];
+        n := acc_n[k];
+        outcome := 'appended';
+        version := acc_ver[k] + n;
+        if n > 0 then
+            first_position := acc_pos[k];
+            last_position := acc_pos[k] + n - 1;
+            last_hash := hashes[(acc_pos[k] + n - 1 - head)::integer];
+        else
+            first_position := null; last_position := null; last_hash := null;
+        end if;
+        writer_chained := coalesce(chained, false);
+        return next;
+    end loop;
 end;
 $$;
