@@ -105,8 +105,9 @@ struct AppendRequest {
     expected: Option<i64>,
     events: Vec<NewEvent>,
     /// Each event's canonical bytes but its position and version, printed
-    /// on the caller's task; `None` when a payload's `jsonb` text is not
-    /// certain (then the database chains the batch).
+    /// on the caller's task for the writer ([`AppendRequest::chained`]);
+    /// `None` when a payload's `jsonb` text is not certain, or for an
+    /// append the database chains anyway ([`append_in`]).
     #[serde(skip)]
     unplaced: Option<Vec<chain::Unplaced>>,
 }
@@ -117,16 +118,23 @@ impl AppendRequest {
         for event in &mut events {
             event.occurred_at = event.occurred_at.trunc_subsecs(6);
         }
-        let unplaced = events
-            .iter()
-            .map(|event| unplaced(&stream, event))
-            .collect();
         Self {
             stream,
             expected: expected.as_option(),
             events,
-            unplaced,
+            unplaced: None,
         }
+    }
+
+    /// The request with its events' canonical pieces, for the writer to
+    /// chain.
+    fn chained(mut self) -> Self {
+        self.unplaced = self
+            .events
+            .iter()
+            .map(|event| unplaced(&self.stream, event))
+            .collect();
+        self
     }
 }
 
@@ -213,7 +221,7 @@ impl EventStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, AppendError> {
         let pending = Pending {
-            request: AppendRequest::new(stream, expected, events),
+            request: AppendRequest::new(stream, expected, events).chained(),
             expected,
         };
         self.writer
