@@ -11,6 +11,10 @@ use projector::config::{self, Command, Config};
 use projector::verify::{self, Outcome};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: see `mimalloc` in the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::try_parse() {

@@ -8,6 +8,10 @@
 
 // A crate root looks for its modules beside itself (src/bin/), so point at
 // this binary's own directory.
+/// mimalloc rather than glibc's malloc: see `mimalloc` in the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "bench/append.rs"]
 mod append;
 #[path = "bench/auth.rs"]
