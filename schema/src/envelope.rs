@@ -106,8 +106,36 @@ pub enum DecodeError {
     },
 }
 
+/// An event's data as read from the log: parsed, or still its JSON text.
+/// From the text, data at the current version goes straight into its Rust
+/// type, with no `serde_json::Value` tree in between (a rebuild's reads).
+#[derive(Debug)]
+pub enum StoredData<'a> {
+    Value(serde_json::Value),
+    Text(&'a str),
+}
+
+impl From<serde_json::Value> for StoredData<'static> {
+    fn from(value: serde_json::Value) -> Self {
+        Self::Value(value)
+    }
+}
+
+impl<'a> From<&'a serde_json::value::RawValue> for StoredData<'a> {
+    fn from(raw: &'a serde_json::value::RawValue) -> Self {
+        Self::Text(raw.get())
+    }
+}
+
 /// Decode data stored at `version` into `T`, upcasting it first.
-pub fn decode_as<T: EventData>(version: i32, data: serde_json::Value) -> Result<T, DecodeError> {
+pub fn decode_as<'a, T: EventData>(
+    version: i32,
+    data: impl Into<StoredData<'a>>,
+) -> Result<T, DecodeError> {
+    let malformed = |source| DecodeError::Data {
+        event_type: T::EVENT_TYPE.to_owned(),
+        source,
+    };
     if version > T::SCHEMA_VERSION {
         return Err(DecodeError::FutureVersion {
             event_type: T::EVENT_TYPE.to_owned(),
@@ -115,6 +143,13 @@ pub fn decode_as<T: EventData>(version: i32, data: serde_json::Value) -> Result<
             current: T::SCHEMA_VERSION,
         });
     }
+    let data = match data.into() {
+        StoredData::Text(text) if version == T::SCHEMA_VERSION => {
+            return serde_json::from_str(text).map_err(malformed);
+        }
+        StoredData::Text(text) => serde_json::from_str(text).map_err(malformed)?,
+        StoredData::Value(value) => value,
+    };
     let data = if version < T::SCHEMA_VERSION {
         T::upcast(version, data).map_err(|reason| DecodeError::Upcast {
             event_type: T::EVENT_TYPE.to_owned(),
@@ -124,8 +159,5 @@ pub fn decode_as<T: EventData>(version: i32, data: serde_json::Value) -> Result<
     } else {
         data
     };
-    serde_json::from_value(data).map_err(|source| DecodeError::Data {
-        event_type: T::EVENT_TYPE.to_owned(),
-        source,
-    })
+    serde_json::from_value(data).map_err(malformed)
 }

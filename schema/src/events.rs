@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::envelope::{decode_as, DecodeError, Decoded};
+use crate::envelope::{decode_as, DecodeError, Decoded, StoredData};
 
 /// The kinds of stream (aggregate) an event belongs to. Used in NATS subjects.
 pub mod stream_types {
@@ -78,7 +78,11 @@ macro_rules! event_payloads {
             }
 
             /// Read stored data of `event_type` at `version`, upcasting it.
-            pub fn decode(event_type: &str, version: i32, data: Value) -> Result<Decoded, DecodeError> {
+            pub fn decode<'a>(
+                event_type: &str,
+                version: i32,
+                data: impl Into<StoredData<'a>>,
+            ) -> Result<Decoded, DecodeError> {
                 $(
                     if event_type == <$name as EventData>::EVENT_TYPE {
                         return decode_as::<$name>(version, data).map(|d| Decoded::Known(Self::$name(d)));
@@ -526,6 +530,53 @@ mod tests {
         });
         assert_eq!(today.schema_version(), 2);
         assert!(today.to_data().get("key_hash").is_none());
+    }
+
+    /// A rebuild decodes the stored JSON text, everything else a parsed
+    /// value: both give the same payload or the same kind of error, at the
+    /// current version, through an upcast, and for bad data.
+    #[test]
+    fn data_decodes_alike_from_its_text_and_from_its_value() {
+        let cases = [
+            ("TenantCreated", 1, json!({"name": "Acme \"Ltd\" ü"})),
+            (
+                "KeyMinted",
+                1,
+                json!({"label": "zapier", "scopes": ["read"], "key_hash": "ab",
+                                     "key_start": "jns_live_a1b2", "rate_limit_per_minute": 60}),
+            ),
+            (
+                "KeyMinted",
+                2,
+                json!({"label": "zapier", "scopes": ["read"], "key_sha256": "ab",
+                                     "key_start": "jns_live_a1b2", "rate_limit_per_minute": 60}),
+            ),
+            ("TenantCreated", 1, json!({"nom": "x"})),
+            ("TenantCreated", 1, json!(["Acme"])),
+            ("TenantCreated", 2, json!({"name": "x"})),
+            ("LeadTeleported", 1, json!({"to": "mars"})),
+        ];
+        for (event_type, version, value) in cases {
+            let text = serde_json::value::to_raw_value(&value).expect("printable");
+            let from_text = EventPayload::decode(event_type, version, &*text);
+            let from_value = EventPayload::decode(event_type, version, value.clone());
+            match (from_text, from_value) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{event_type} v{version}: {value}"),
+                (Err(a), Err(b)) => assert_eq!(
+                    std::mem::discriminant(&a),
+                    std::mem::discriminant(&b),
+                    "{event_type} v{version}: {a} / {b}"
+                ),
+                (a, b) => panic!("{event_type} v{version}: {a:?} from text, {b:?} from the value"),
+            }
+        }
+        // A field of the wrong type is malformed data, from the text too.
+        let wrong =
+            serde_json::value::RawValue::from_string("{\"name\": 1}".into()).expect("valid JSON");
+        assert!(matches!(
+            EventPayload::decode("TenantCreated", 1, &*wrong),
+            Err(DecodeError::Data { .. })
+        ));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 use anyhow::Context as _;
 use schema::envelope::{Decoded, RecordedEvent};
 use schema::events::EventPayload;
-use sqlx::{PgConnection, PgPool};
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::types::Json;
+use sqlx::{FromRow as _, PgConnection, PgPool, Postgres, Row as _};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -37,9 +40,10 @@ pub(super) async fn read_page(
     stream_types: &[&str],
     limit: i64,
 ) -> anyhow::Result<Page> {
-    let rows: Vec<RecordedEvent> = sqlx::query_as(
+    let query = sqlx::query(
         "select position, id, tenant_id, stream_type, stream_id, stream_version, event_type,
-                schema_version, occurred_at, '{}'::jsonb as metadata, data
+                schema_version, occurred_at, '{}'::jsonb as metadata, 'null'::jsonb as data,
+                data as stored_data
            from events
           where position > $1 and position <= $2 and stream_type = any($3)
           order by position
@@ -48,46 +52,76 @@ pub(super) async fn read_page(
     .bind(after)
     .bind(upto)
     .bind(stream_types)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
-    .with_context(|| format!("failed to read the event log after position {after}"))?;
+    .bind(limit);
+    let rows = fetch_decoded(conn, query, || {
+        format!("failed to read the event log after position {after}")
+    })
+    .await?;
     let through = match rows.last() {
-        Some(last) if rows.len() as i64 == limit => last.position,
+        Some((last, _)) if rows.len() as i64 == limit => last.position,
         _ => upto,
     };
-    let mut events = Vec::with_capacity(rows.len());
-    for event in rows {
-        if let Some(known) = decode(event)? {
-            events.push(known);
-        }
-    }
+    let events = known(rows);
     Ok(Page { events, through })
 }
 
-/// The event with its payload, upcast; `None` for a type this build does
-/// not know.
-fn decode(
-    mut event: RecordedEvent,
-) -> Result<Option<(RecordedEvent, EventPayload)>, UnreadableEvent> {
-    // The payload is all a projection reads: move the data into it rather
-    // than copy it (`RecordedEvent::decode` clones).
-    let data = std::mem::take(&mut event.data);
-    match EventPayload::decode(&event.event_type, event.schema_version, data) {
-        Ok(Decoded::Known(payload)) => Ok(Some((event, payload))),
-        Ok(Decoded::Unknown) => {
-            tracing::warn!(
+/// An event as a rebuild reads it, with its payload when this build knows
+/// its type.
+type Read = (RecordedEvent, Option<EventPayload>);
+
+/// Run `query` (which selects the columns of [`RecordedEvent`] plus
+/// `stored_data`) and decode each row; `failed` says what failed to be read
+/// when the query does.
+async fn fetch_decoded(
+    conn: &mut PgConnection,
+    query: sqlx::query::Query<'_, Postgres, PgArguments>,
+    failed: impl FnOnce() -> String,
+) -> anyhow::Result<Vec<Read>> {
+    let rows = query.fetch_all(conn).await.with_context(failed)?;
+    let mut read = Vec::with_capacity(rows.len());
+    for row in &rows {
+        read.push(decode(row)?);
+    }
+    Ok(read)
+}
+
+/// The events of known types, with their payloads; the others skipped with
+/// a warning, as the live consumer skips them.
+fn known(events: Vec<Read>) -> Vec<(RecordedEvent, EventPayload)> {
+    let mut known = Vec::with_capacity(events.len());
+    for (event, payload) in events {
+        match payload {
+            Some(payload) => known.push((event, payload)),
+            None => tracing::warn!(
                 event.position = event.position,
                 event.type = %event.event_type,
                 "skipping an event of a type this build does not know"
-            );
-            Ok(None)
+            ),
         }
+    }
+    known
+}
+
+/// One row: the event, and its payload, upcast, unless this build does not
+/// know its type. The payload is read from the stored JSON text
+/// (`stored_data`) straight into its type, with no `serde_json::Value` in
+/// between (that tree was most of a rebuild's allocations); `data` itself is
+/// left null, as `metadata` is left empty: the payload is all a projection
+/// reads.
+fn decode(row: &PgRow) -> anyhow::Result<Read> {
+    let event = RecordedEvent::from_row(row).context("failed to read an event")?;
+    let stored: Json<&RawValue> = row
+        .try_get("stored_data")
+        .with_context(|| format!("failed to read the data of event {}", event.position))?;
+    match EventPayload::decode(&event.event_type, event.schema_version, stored.0) {
+        Ok(Decoded::Known(payload)) => Ok((event, Some(payload))),
+        Ok(Decoded::Unknown) => Ok((event, None)),
         Err(e) => Err(UnreadableEvent {
             position: event.position,
             event_type: Some(event.event_type),
             source: Box::new(e),
-        }),
+        }
+        .into()),
     }
 }
 
@@ -119,35 +153,30 @@ pub(super) fn spawn_stream_reader(
             let mut cursor = BEFORE_EVERY_STREAM;
             // The events of the stream a full page ended in: they go with
             // the rest of that stream, in the next page.
-            let mut carried: Vec<RecordedEvent> = Vec::new();
+            let mut carried: Vec<Read> = Vec::new();
             loop {
                 let rows = read_streams(&mut conn, cursor, upto, &stream_types, limit).await?;
                 let full = rows.len() as i64 == limit;
-                if let Some(last) = rows.last() {
+                if let Some((last, _)) = rows.last() {
                     cursor = (last.stream_id, last.stream_version);
                 }
                 let read = rows.len() as i64;
                 let mut events = std::mem::take(&mut carried);
                 events.extend(rows);
                 if full {
-                    let last = events.last().map(|e| e.stream_id);
+                    let last = events.last().map(|(e, _)| e.stream_id);
                     let split = events
                         .iter()
-                        .rposition(|e| Some(e.stream_id) != last)
+                        .rposition(|(e, _)| Some(e.stream_id) != last)
                         .map_or(0, |i| i + 1);
                     if split > 0 {
                         carried = events.split_off(split);
                     }
                 }
-                let mut page = Page {
-                    events: Vec::with_capacity(events.len()),
+                let page = Page {
+                    events: known(events),
                     through: read,
                 };
-                for event in events {
-                    if let Some(known) = decode(event)? {
-                        page.events.push(known);
-                    }
-                }
                 if tx.send(Ok(page)).await.is_err() || !full {
                     return anyhow::Ok(());
                 }
@@ -167,10 +196,11 @@ async fn read_streams(
     upto: i64,
     stream_types: &[&str],
     limit: i64,
-) -> anyhow::Result<Vec<RecordedEvent>> {
-    sqlx::query_as(
+) -> anyhow::Result<Vec<Read>> {
+    let query = sqlx::query(
         "select position, id, tenant_id, stream_type, stream_id, stream_version, event_type,
-                schema_version, occurred_at, '{}'::jsonb as metadata, data
+                schema_version, occurred_at, '{}'::jsonb as metadata, 'null'::jsonb as data,
+                data as stored_data
            from events
           where (stream_id, stream_version) > ($1, $2)
             and position <= $3 and stream_type = any($4)
@@ -181,8 +211,9 @@ async fn read_streams(
     .bind(after.1)
     .bind(upto)
     .bind(stream_types)
-    .bind(limit)
-    .fetch_all(conn)
+    .bind(limit);
+    fetch_decoded(conn, query, || {
+        format!("failed to read the event log after stream {}", after.0)
+    })
     .await
-    .with_context(|| format!("failed to read the event log after stream {}", after.0))
 }
