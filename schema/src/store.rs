@@ -431,6 +431,9 @@ fn lock(tip: &Mutex<ChainTip>) -> std::sync::MutexGuard<'_, ChainTip> {
 /// chains from. Both hold as long as no other writer appends; when one
 /// does, `jeanus_append` sees the head moved, computes the chain itself
 /// (migration 0016), and the writer learns the new tip from its answer.
+/// The tips are learnt only from an unbroken run of this writer's own
+/// batches ([`ChainTip::learn`] forgets them all at a gap), so the head is
+/// all the database checks them by (migration 0017).
 #[derive(Debug, Default)]
 struct ChainTip {
     head: Option<i64>,

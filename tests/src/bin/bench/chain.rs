@@ -2,9 +2,9 @@
 //! how fast `verify` re-walks it.
 //!
 //! 1. Appends through one shared `EventStore`, as in `append`, with the
-//!    chain (`jeanus_append` of migration 0016: the writer chains its
-//!    batches, the database checks where they chain from) and without it
-//!    (0001's function under 0016's signature, swapped in with `create or
+//!    chain (`jeanus_append` of migration 0017: the writer chains its
+//!    batches, the database checks the head they chain from) and without it
+//!    (0001's function under 0017's signature, swapped in with `create or
 //!    replace`), on the same database, interleaved with, without, without,
 //!    with for each line so that drift (autovacuum, other builds) falls on
 //!    both sides.
@@ -53,8 +53,8 @@ const GOAL_ADDED_COST: f64 = 0.05;
 const GOAL_VERIFY_PER_S: f64 = 200_000.0;
 
 const MIGRATION_0001: &str = include_str!("../../../../schema/migrations/0001_event_log.sql");
-const MIGRATION_0016: &str =
-    include_str!("../../../../schema/migrations/0016_chain_by_the_writer.sql");
+const MIGRATION_0017: &str =
+    include_str!("../../../../schema/migrations/0017_chain_tips_vouched_by_the_head.sql");
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -195,7 +195,7 @@ fn append_function(sql: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// 0001's `jeanus_append` (no chain) under the signature of 0016's, which
+/// 0001's `jeanus_append` (no chain) under the signature of 0017's, which
 /// the event store calls: it ignores the writer's hashes and answers no
 /// hash, so the writer, never learning a tip, computes none either.
 fn unchained_append_function() -> anyhow::Result<String> {
@@ -210,7 +210,7 @@ fn unchained_append_function() -> anyhow::Result<String> {
     };
     let unchained = append_function(MIGRATION_0001)?;
     let old = signature(&unchained)?;
-    Ok(unchained.replace(&old, &signature(&append_function(MIGRATION_0016)?)?))
+    Ok(unchained.replace(&old, &signature(&append_function(MIGRATION_0017)?)?))
 }
 
 async fn measure_appends(
@@ -224,7 +224,7 @@ async fn measure_appends(
         .execute(&admin)
         .await
         .context("failed to relax events.hash")?;
-    let with = append_function(MIGRATION_0016)?;
+    let with = append_function(MIGRATION_0017)?;
     let without = unchained_append_function()?;
 
     let store_pool = scratch.pool(STORE_CONNECTIONS).await?;
@@ -571,7 +571,7 @@ fn section(lines: &[AppendLine], v: &VerifyFigures, window: Window) -> Section {
 fn append_lines(md: &mut String, lines: &[AppendLine], window: Window) {
     md.push_str(&format!(
         "Appends as in `append` (one shared `EventStore`, pool of {STORE_CONNECTIONS}, each \
-         append to a new stream), with `jeanus_append` of migration 0016 (the chain, computed \
+         append to a new stream), with `jeanus_append` of migration 0017 (the chain, computed \
          by the writer) and of 0001 (none) swapped in turn on the same database: {} rounds of with, \
          without, without, with, {} s each after {} s warm-up; figures of every run of a side \
          together.\n\n\
