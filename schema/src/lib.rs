@@ -12,6 +12,7 @@ pub mod relay;
 pub mod resources;
 pub mod sealing;
 pub mod store;
+pub mod tx;
 pub mod webhook_endpoints;
 pub mod webhooks;
 

@@ -130,7 +130,7 @@ pub async fn retry(
 ) -> ApiResult<DeliveryView> {
     let delivery_id = path_id(delivery_id)?;
     let endpoint = find(state, caller, id).await?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = schema::tx::begin(&state.db).await?;
     let delivery: DeliveryView = sqlx::query_as(
         "update webhook_deliveries set status = 'pending', next_attempt_at = now()
           where id = $1 and endpoint_id = $2 and tenant_id = $3
@@ -171,7 +171,7 @@ async fn recover_since(
     endpoint_id: Uuid,
     since: DateTime<Utc>,
 ) -> Result<i64, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    let mut tx = schema::tx::begin(db).await?;
     let recovered = sqlx::query(
         "update webhook_deliveries set status = 'pending', next_attempt_at = now()
           where endpoint_id = $1 and tenant_id = $2 and status = 'failed' and created_at >= $3",

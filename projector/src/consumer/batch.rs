@@ -94,8 +94,7 @@ pub(super) async fn apply_batch(
     batch: Vec<Incoming>,
 ) -> anyhow::Result<BatchOutcome> {
     let started = Instant::now();
-    let mut tx = pool
-        .begin()
+    let mut tx = schema::tx::begin(pool)
         .await
         .context("failed to begin a projection transaction")?;
     let checkpoints = lock_checkpoints(&mut tx, projections).await?;

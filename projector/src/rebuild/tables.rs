@@ -150,8 +150,7 @@ async fn run_at_once(
 ) -> anyhow::Result<()> {
     futures::stream::iter(statements)
         .map(|statement| async move {
-            let mut tx = pool
-                .begin()
+            let mut tx = schema::tx::begin(pool)
                 .await
                 .context("failed to connect to build the indexes")?;
             execute(
