@@ -51,16 +51,24 @@ where
     };
     {
         let mut begun = std::pin::pin!(begin(single.clone()));
-        'sent: for _ in 0..100 {
+        // Polled again only if, after a poll, the server has not shown the
+        // transaction for a long while (that poll had not sent BEGIN yet):
+        // a poll after BEGIN's answer arrived would finish the begin.
+        // (sqlx's own `begin`, cancelled this way, lost the write in each
+        // run where the cancellation landed between BEGIN and its answer,
+        // 2 of 5; it cannot be a test, since whether a poll of it sends
+        // BEGIN or still waits for the pool is not up to the test.)
+        'sent: for _ in 0..10 {
             assert!(
                 futures::poll!(begun.as_mut()).is_pending(),
                 "the begin finished before it could be cancelled"
             );
-            for _ in 0..20 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while tokio::time::Instant::now() < deadline {
                 if in_transaction().await {
                     break 'sent;
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
         assert!(in_transaction().await, "BEGIN never reached the server");
@@ -88,20 +96,5 @@ async fn a_write_after_a_cancelled_begin_commits(pool: PgPool) {
     assert!(
         committed,
         "the write ran inside the cancelled begin's transaction"
-    );
-}
-
-/// The control: sqlx's own `begin`, cancelled the same way, loses the write
-/// (sqlx 0.8.6). When this starts failing, sqlx has fixed it (0.9 has) and
-/// `schema::tx::begin` can go.
-#[sqlx::test]
-async fn sqlx_s_own_begin_cancelled_the_same_way_loses_the_write(pool: PgPool) {
-    let committed = write_after_a_cancelled_begin(&pool, |single| async move {
-        let _ = single.begin().await;
-    })
-    .await;
-    assert!(
-        !committed,
-        "sqlx's begin is cancel-safe now: schema::tx::begin is no longer needed"
     );
 }
