@@ -7,10 +7,11 @@
 
 use jeanus_tests::histories::{self, Plan};
 use jeanus_tests::read_models::assert_read_models_match_log;
+use jeanus_tests::seed;
 use projector::projections::Projection;
 use rand::{Rng, SeedableRng};
 use schema::envelope::{Decoded, Metadata, NewEvent, RecordedEvent};
-use schema::events::{stream_types, EventPayload, LeadCreated, LeadStage, LeadUpdated};
+use schema::events::{stream_types, EventPayload, LeadStage, LeadUpdated};
 use schema::store::{self, EventStore, ExpectedVersion, StreamRef};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -109,21 +110,6 @@ fn lead_stream(tenant_id: Uuid, id: Uuid) -> StreamRef {
     }
 }
 
-fn new_lead(name: &str) -> EventPayload {
-    LeadCreated {
-        name: name.into(),
-        company: None,
-        email: None,
-        phone: None,
-        stage: LeadStage::New,
-        estimated_value: None,
-        probability: None,
-        source: "api".into(),
-        notes: None,
-    }
-    .into()
-}
-
 fn rename(name: &str) -> EventPayload {
     let patch = serde_json::json!({ "name": name });
     LeadUpdated {
@@ -155,7 +141,13 @@ async fn lead_name(pool: &PgPool, id: Uuid) -> String {
 async fn a_batch_applied_twice_fails_and_writes_nothing(pool: PgPool) {
     let store = EventStore::spawn(pool.clone());
     let (tenant, id) = (Uuid::now_v7(), Uuid::now_v7());
-    append(&store, lead_stream(tenant, id), 0, new_lead("Sarah")).await;
+    append(
+        &store,
+        lead_stream(tenant, id),
+        0,
+        seed::lead("Sarah", None, LeadStage::New),
+    )
+    .await;
     append(&store, lead_stream(tenant, id), 1, rename("Sarah Patel")).await;
     let events = log(&pool).await;
     apply(&pool, &events).await.expect("first application");
@@ -175,7 +167,13 @@ async fn a_batch_applied_twice_fails_and_writes_nothing(pool: PgPool) {
 async fn an_update_without_its_create_or_of_another_tenant_fails(pool: PgPool) {
     let store = EventStore::spawn(pool.clone());
     let (tenant, id) = (Uuid::now_v7(), Uuid::now_v7());
-    append(&store, lead_stream(tenant, id), 0, new_lead("Sarah")).await;
+    append(
+        &store,
+        lead_stream(tenant, id),
+        0,
+        seed::lead("Sarah", None, LeadStage::New),
+    )
+    .await;
     append(&store, lead_stream(tenant, id), 1, rename("Sarah Patel")).await;
     let events = log(&pool).await;
 
@@ -222,7 +220,13 @@ async fn events_of_other_streams_leave_the_resource_tables_alone(pool: PgPool) {
 async fn an_unknown_event_type_in_a_stream_leaves_a_version_hole_that_is_no_error(pool: PgPool) {
     let store = EventStore::spawn(pool.clone());
     let (tenant, id) = (Uuid::now_v7(), Uuid::now_v7());
-    append(&store, lead_stream(tenant, id), 0, new_lead("Sarah")).await;
+    append(
+        &store,
+        lead_stream(tenant, id),
+        0,
+        seed::lead("Sarah", None, LeadStage::New),
+    )
+    .await;
     // Written by a newer build: this one skips it.
     let future = NewEvent {
         id: Uuid::now_v7(),

@@ -16,12 +16,12 @@ use jeanus_tests::read_models::{
     wait_until_projected,
 };
 use jeanus_tests::writes::{answer, Tenant};
-use jeanus_tests::{spawn_stack, Stack, TestEnv};
+use jeanus_tests::{seed, spawn_stack, Stack, TestEnv};
 use projector::projections::Projection;
 use projector::rebuild::{rebuild, Options};
 use reqwest::{Method, StatusCode};
 use schema::envelope::{Metadata, NewEvent};
-use schema::events::LeadCreated;
+use schema::events::LeadStage;
 use schema::store::{EventStore, ExpectedVersion, StreamRef};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -473,21 +473,7 @@ async fn an_unknown_projection_is_refused_naming_the_known_ones(pool: PgPool) {
 
 async fn append_lead(store: &EventStore, tenant_id: Uuid, data: Value) -> i64 {
     let id = Uuid::now_v7();
-    let mut event = NewEvent::new(
-        &LeadCreated {
-            name: "x".into(),
-            company: None,
-            email: None,
-            phone: None,
-            stage: schema::events::LeadStage::New,
-            estimated_value: None,
-            probability: None,
-            source: "api".into(),
-            notes: None,
-        }
-        .into(),
-        Metadata::default(),
-    );
+    let mut event = NewEvent::new(&seed::lead("x", None, LeadStage::New), Metadata::default());
     event.data = data;
     let appended = store
         .append(

@@ -5,30 +5,17 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jeanus_tests::{eventually, TestEnv};
+use jeanus_tests::{eventually, seed, TestEnv};
 use rand::Rng;
 use schema::envelope::{Metadata, NewEvent, RecordedEvent};
-use schema::events::{stream_types, EventPayload, LeadCreated, LeadStage};
+use schema::events::{stream_types, LeadStage};
 use schema::store::{self, EventStore, ExpectedVersion, StreamRef};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 fn lead_created(name: &str) -> NewEvent {
-    NewEvent::new(
-        &EventPayload::from(LeadCreated {
-            name: name.into(),
-            company: None,
-            email: None,
-            phone: None,
-            stage: LeadStage::New,
-            estimated_value: None,
-            probability: None,
-            source: "api".into(),
-            notes: None,
-        }),
-        Metadata::default(),
-    )
+    NewEvent::new(&seed::lead(name, None, LeadStage::New), Metadata::default())
 }
 
 /// Append `appends` appends of 1–3 events each, from `writers` tasks.
