@@ -391,14 +391,17 @@ mod tests {
         assert_eq!(peak.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
-    async fn a_batch_waits_for_an_announced_item() {
+    /// A writer that waits up to `at_most` for announced items, answering
+    /// each item with itself; with the sizes of the batches it sent.
+    fn lingering_for_announced(
+        at_most: std::time::Duration,
+    ) -> (Expected, Batcher<u32, u32>, Arc<Mutex<Vec<usize>>>) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
         let expected = Expected::default();
         let linger = Linger::ForAnnounced {
             expected: expected.clone(),
-            at_most: std::time::Duration::from_secs(5),
+            at_most,
         };
         let batcher = Batcher::spawn_lingering(
             linger,
@@ -410,6 +413,12 @@ mod tests {
                 async move { items }
             },
         );
+        (expected, batcher, sizes)
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_an_announced_item() {
+        let (expected, batcher, sizes) = lingering_for_announced(std::time::Duration::from_secs(5));
         let late = expected.announce();
         let first = tokio::spawn({
             let b = batcher.clone();
@@ -428,18 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lingering_batch_leaves_at_its_deadline_or_at_once_when_nothing_is_announced() {
-        let expected = Expected::default();
-        let linger = Linger::ForAnnounced {
-            expected: expected.clone(),
-            at_most: std::time::Duration::from_millis(30),
-        };
-        let batcher = Batcher::spawn_lingering(
-            linger,
-            100,
-            100,
-            |_: &u32| 1,
-            |items: Vec<u32>| async move { items },
-        );
+        let (expected, batcher, _) = lingering_for_announced(std::time::Duration::from_millis(30));
         // Nothing announced: no wait (far below the 30 ms deadline).
         let began = std::time::Instant::now();
         batcher.submit(1).await.expect("answered");
