@@ -251,17 +251,16 @@ async fn measure_appends(
                         thousands(m.per_second() * events as f64),
                         m.quantile_ms(0.99)
                     );
-                    for slot in [&mut round, &mut measured] {
-                        let slot = &mut slot[usize::from(!chained)];
-                        match slot {
-                            None => *slot = Some(m.clone()),
-                            Some(earlier) => merge(earlier, m.clone())?,
-                        }
-                    }
+                    add(&mut round[usize::from(!chained)], m)?;
                 }
-                if let [Some(with_chain), Some(without_chain)] = round {
+                if let [Some(with_chain), Some(without_chain)] = &round {
                     round_added_costs
                         .push(1.0 - with_chain.per_second() / without_chain.per_second());
+                }
+                for (side, m) in measured.iter_mut().zip(round) {
+                    if let Some(m) = m {
+                        add(side, m)?;
+                    }
                 }
             }
             let [Some(with_chain), Some(without_chain)] = measured else {
@@ -283,6 +282,15 @@ async fn measure_appends(
     store_pool.close().await;
     admin.close().await;
     Ok(lines)
+}
+
+/// `m` added to what `side` has measured so far.
+fn add(side: &mut Option<Measured>, m: Measured) -> anyhow::Result<()> {
+    match side {
+        None => *side = Some(m),
+        Some(earlier) => merge(earlier, m)?,
+    }
+    Ok(())
 }
 
 fn merge(into: &mut Measured, other: Measured) -> anyhow::Result<()> {

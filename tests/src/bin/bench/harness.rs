@@ -22,7 +22,6 @@ pub struct Window {
 }
 
 /// What one measurement saw.
-#[derive(Clone)]
 pub struct Measured {
     pub operations: u64,
     pub window: Duration,
