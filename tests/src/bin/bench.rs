@@ -18,6 +18,8 @@ mod append;
 mod auth;
 #[path = "bench/chain.rs"]
 mod chain;
+#[path = "bench/cpu.rs"]
+mod cpu;
 #[path = "bench/database.rs"]
 mod database;
 #[path = "bench/harness.rs"]

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::cpu;
 use crate::database::Scratch;
 use crate::harness::{self, Measured, Window};
 use crate::report::{thousands, Section};
@@ -78,9 +79,11 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
-    /// CPU time of this process (HTTP clients and the api) per request sent.
+    /// CPU time of this process (HTTP clients and the api) per request
+    /// measured, over the measured window.
     process_cpu_us: f64,
-    /// CPU time of the api's PostgreSQL backends per request sent.
+    /// CPU time of PostgreSQL (the api's backends and the server's
+    /// background processes) per request measured, over the same window.
     postgres_cpu_us: f64,
 }
 
@@ -367,30 +370,30 @@ async fn closed_loop(
 ) -> anyhow::Result<(Figures, u64)> {
     let next_key = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
-    let cpu_before = own_cpu();
-    let postgres_before = backend_cpu(stats).await?;
-    let measured = harness::run(args.clients, window, {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        let keys: Option<Arc<[String]>> = keys.map(|k| k.to_vec().into());
-        let sent = sent.clone();
-        move || {
-            sent.fetch_add(1, Ordering::Relaxed);
-            let key = keys.as_ref().map(|keys| {
-                let i = next_key.fetch_add(1, Ordering::Relaxed) as usize;
-                keys[i % keys.len()].clone()
-            });
-            get(client.clone(), url.clone(), key)
-        }
-    })
+    let (measured, cpu) = cpu::during(
+        stats,
+        window,
+        harness::run(args.clients, window, {
+            let client = client.clone();
+            let url = format!("{base}{path}");
+            let keys: Option<Arc<[String]>> = keys.map(|k| k.to_vec().into());
+            let sent = sent.clone();
+            move || {
+                sent.fetch_add(1, Ordering::Relaxed);
+                let key = keys.as_ref().map(|keys| {
+                    let i = next_key.fetch_add(1, Ordering::Relaxed) as usize;
+                    keys[i % keys.len()].clone()
+                });
+                get(client.clone(), url.clone(), key)
+            }
+        }),
+    )
     .await?;
     let sent = sent.load(Ordering::Relaxed).max(1);
-    let postgres_cpu = backend_cpu(stats).await?.saturating_sub(postgres_before);
     let mut figures = Figures::of(&measured);
-    if let (Some(before), Some(after)) = (cpu_before, own_cpu()) {
-        figures.process_cpu_us = after.saturating_sub(before).as_secs_f64() * 1e6 / sent as f64;
-    }
-    figures.postgres_cpu_us = postgres_cpu.as_secs_f64() * 1e6 / sent as f64;
+    let per_request = |d: Duration| d.as_secs_f64() * 1e6 / measured.operations.max(1) as f64;
+    figures.process_cpu_us = per_request(cpu.here);
+    figures.postgres_cpu_us = per_request(cpu.postgres);
     eprintln!(
         "auth: GET {path:<12} {:>8} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  \
          CPU/request: {:.0} µs here, {:.0} µs in PostgreSQL",
@@ -401,41 +404,6 @@ async fn closed_loop(
         figures.postgres_cpu_us,
     );
     Ok((figures, sent))
-}
-
-/// Linux's clock ticks per second for `/proc` times (`USER_HZ`).
-const TICKS_PER_S: f64 = 100.0;
-
-/// User + system CPU time of process `pid` ("self" for this one), from
-/// `/proc` (Linux only; `None` elsewhere).
-fn proc_cpu(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(Duration::from_secs_f64(ticks / TICKS_PER_S))
-}
-
-fn own_cpu() -> Option<Duration> {
-    proc_cpu("self")
-}
-
-/// CPU time of every other backend on the scratch database (the api's),
-/// when PostgreSQL runs on this machine; zero otherwise.
-async fn backend_cpu(stats: &PgPool) -> anyhow::Result<Duration> {
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "select pid from pg_stat_activity \
-         where datname = current_database() and pid <> pg_backend_pid()",
-    )
-    .fetch_all(stats)
-    .await
-    .context("failed to list the backends")?;
-    Ok(pids
-        .iter()
-        .filter_map(|pid| proc_cpu(&pid.to_string()))
-        .sum())
 }
 
 fn get(

@@ -1,0 +1,127 @@
+//! CPU time spent on a measurement, from `/proc` (Linux; zero elsewhere):
+//! this process's, and PostgreSQL's for the scratch database. Unlike a
+//! rate, CPU time does not count the time a task waits for a core another
+//! program holds, so on a shared machine it moves far less from run to run.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::harness::Window;
+
+/// Linux's clock ticks per second for `/proc` times (`USER_HZ`).
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU time used, by whom.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    /// This process: the clients, and whatever it hosts (the api, the store).
+    pub here: Duration,
+    /// The PostgreSQL processes serving the scratch database, and the
+    /// server's background processes (WAL writer, checkpointer, …).
+    pub postgres: Duration,
+}
+
+impl Cpu {
+    pub fn total(&self) -> Duration {
+        self.here + self.postgres
+    }
+
+    pub fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            here: self.here.saturating_sub(before.here),
+            postgres: self.postgres.saturating_sub(before.postgres),
+        }
+    }
+
+    pub fn add(&mut self, other: &Cpu) {
+        self.here += other.here;
+        self.postgres += other.postgres;
+    }
+}
+
+/// The CPU time used so far; `stats` is a pool on the scratch database,
+/// whose own backend is left out.
+pub async fn now(stats: &PgPool) -> anyhow::Result<Cpu> {
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "select pid from pg_stat_activity \
+         where (datname = current_database() or datname is null) \
+           and pid <> pg_backend_pid()",
+    )
+    .fetch_all(stats)
+    .await
+    .context("failed to list PostgreSQL's processes")?;
+    Ok(Cpu {
+        here: process("self").unwrap_or_default(),
+        postgres: pids
+            .iter()
+            .filter_map(|pid| process(&pid.to_string()))
+            .sum(),
+    })
+}
+
+/// Runs `work`, which measures over `window` (as [`crate::harness::run`]
+/// does), and the CPU time used inside the window's measured span.
+pub async fn during<T>(
+    stats: &PgPool,
+    window: Window,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Cpu)> {
+    let sampled = async {
+        tokio::time::sleep(window.warmup).await;
+        let before = now(stats).await?;
+        tokio::time::sleep(window.measure).await;
+        anyhow::Ok(now(stats).await?.since(&before))
+    };
+    let (done, cpu) = tokio::join!(work, sampled);
+    Ok((done?, cpu?))
+}
+
+/// CPU time of the calling thread so far (`CLOCK_THREAD_CPUTIME_ID`: in
+/// nanoseconds, unlike `/proc`'s ticks).
+pub fn this_thread() -> Option<Duration> {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .map(Duration::from)
+}
+
+/// User + system CPU time of process `pid` ("self" for this one).
+fn process(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(Duration::from_secs_f64(ticks / TICKS_PER_S))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_counts_the_cpu_it_uses() {
+        let before = process("self").expect("/proc/self/stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        loop {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+            }
+            let used = process("self")
+                .expect("/proc/self/stat")
+                .saturating_sub(before);
+            if used >= Duration::from_millis(20) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "30 s of spinning counted only {used:?}: /proc/self/stat misread"
+            );
+        }
+    }
+}
