@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::envelope::NewEvent;
+
 /// The `prev_hash` of a tenant's first event.
 pub const GENESIS: Hash = [0; 32];
 
@@ -141,6 +143,31 @@ impl Unplaced {
             before_position,
             before_version,
         }
+    }
+
+    /// The pieces of `event`, appended to stream `stream_id` of type
+    /// `stream_type`, if its payloads' `jsonb` text is certain (see
+    /// [`write_jsonb_text`]).
+    pub fn of(stream_type: &str, stream_id: Uuid, event: &NewEvent) -> Option<Self> {
+        let (mut data, mut metadata) = (Vec::new(), Vec::new());
+        let metadata_value = serde_json::to_value(&event.metadata).ok()?;
+        if !write_jsonb_text(&event.data, &mut data)
+            || !write_jsonb_text(&metadata_value, &mut metadata)
+        {
+            return None;
+        }
+        Some(Self::new(&CanonicalEvent {
+            position: 0,
+            id: event.id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            stream_type,
+            stream_id,
+            stream_version: 0,
+            occurred_at: event.occurred_at,
+            metadata: std::str::from_utf8(&metadata).ok()?,
+            data: std::str::from_utf8(&data).ok()?,
+        }))
     }
 
     /// The hash of this event at `position` and `stream_version`, after

@@ -20,7 +20,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::batch::Batcher;
-use crate::chain::{self, CanonicalEvent, Hash};
+use crate::chain::{self, Hash};
 use crate::envelope::{NewEvent, RecordedEvent};
 
 /// The channel on which `jeanus_append` notifies, at commit, the new head position.
@@ -106,8 +106,10 @@ struct AppendRequest {
     events: Vec<NewEvent>,
     /// Each event's canonical bytes but its position and version, printed
     /// on the caller's task for the writer ([`AppendRequest::chained`]);
-    /// `None` when a payload's `jsonb` text is not certain, or for an
-    /// append the database chains anyway ([`append_in`]).
+    /// `None` when a payload's `jsonb` text is not certain, when the writer
+    /// did not know the tenant's tip as the append was submitted (it could
+    /// not chain it), or for an append the database chains anyway
+    /// ([`append_in`]).
     #[serde(skip)]
     unplaced: Option<Vec<chain::Unplaced>>,
 }
@@ -132,33 +134,10 @@ impl AppendRequest {
         self.unplaced = self
             .events
             .iter()
-            .map(|event| unplaced(&self.stream, event))
+            .map(|event| chain::Unplaced::of(self.stream.stream_type, self.stream.stream_id, event))
             .collect();
         self
     }
-}
-
-/// `event`'s canonical pieces, if its payloads' `jsonb` text is certain.
-fn unplaced(stream: &StreamRef, event: &NewEvent) -> Option<chain::Unplaced> {
-    let (mut data, mut metadata) = (Vec::new(), Vec::new());
-    let metadata_value = serde_json::to_value(&event.metadata).ok()?;
-    if !chain::write_jsonb_text(&event.data, &mut data)
-        || !chain::write_jsonb_text(&metadata_value, &mut metadata)
-    {
-        return None;
-    }
-    Some(chain::Unplaced::new(&CanonicalEvent {
-        position: 0,
-        id: event.id,
-        event_type: event.event_type,
-        schema_version: event.schema_version,
-        stream_type: stream.stream_type,
-        stream_id: stream.stream_id,
-        stream_version: 0,
-        occurred_at: event.occurred_at,
-        metadata: std::str::from_utf8(&metadata).ok()?,
-        data: std::str::from_utf8(&data).ok()?,
-    }))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -211,6 +190,25 @@ impl EventStore {
         lock(&self.tip).chained_batches
     }
 
+    /// The append as the writer gets it: with its events' canonical pieces
+    /// when the writer knows where the tenant's chain stands, so that it
+    /// can chain the batch; otherwise the database chains it, and printing
+    /// them would be work for nothing (a tenant's first append here, one
+    /// after another instance appended, a log without the chain).
+    fn request(
+        &self,
+        stream: StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> AppendRequest {
+        let request = AppendRequest::new(stream, expected, events);
+        if lock(&self.tip).knows(stream.tenant_id) {
+            request.chained()
+        } else {
+            request
+        }
+    }
+
     /// Append `events` to `stream` if it is at `expected`, atomically: either
     /// every event is written, in order, or none is. Appending events whose
     /// ids are all stored already is a no-op that succeeds (`duplicate`).
@@ -221,7 +219,7 @@ impl EventStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, AppendError> {
         let pending = Pending {
-            request: AppendRequest::new(stream, expected, events).chained(),
+            request: self.request(stream, expected, events),
             expected,
         };
         self.writer
@@ -455,6 +453,11 @@ struct Prediction {
 }
 
 impl ChainTip {
+    /// Whether the writer knows the tip `tenant` chains from.
+    fn knows(&self, tenant: Uuid) -> bool {
+        self.head.is_some() && self.seeds.contains_key(&tenant)
+    }
+
     /// The batch's chain, if the writer can compute it: it knows the head
     /// and the tip of every tenant, every append says which version its
     /// stream is at, and every payload's `jsonb` text is certain.
