@@ -228,7 +228,7 @@ impl Shape {
         }
     }
 
-    fn stream(&self) -> StreamRef {
+    pub fn stream(&self) -> StreamRef {
         StreamRef {
             tenant_id: self.tenant_id,
             stream_type: stream_types::LEAD,

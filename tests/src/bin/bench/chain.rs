@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use chrono::{DateTime, Utc};
@@ -35,6 +35,7 @@ use uuid::Uuid;
 use jeanus_tests::chain::write_chained_log;
 
 use crate::append::{append_op, checkpoint, Figures, Shape};
+use crate::cpu::{self, Cpu};
 use crate::database::Scratch;
 use crate::harness::{self, Measured, Window};
 use crate::report::{thousands, Section};
@@ -104,6 +105,73 @@ struct AppendLine {
     added_cost: f64,
     /// The same, round by round.
     round_added_costs: Vec<f64>,
+    /// CPU time per event (this process and PostgreSQL), µs, every round
+    /// pooled.
+    with_chain_cpu_us: CpuPerEvent,
+    without_chain_cpu_us: CpuPerEvent,
+    /// with ÷ without − 1, in CPU time per event: what the chain adds to
+    /// the work of an append, of every round pooled.
+    added_cpu: f64,
+    /// The same, round by round.
+    round_added_cpus: Vec<f64>,
+}
+
+/// CPU time per event, µs.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct CpuPerEvent {
+    /// This process: the writers and the store's writer task (the
+    /// chain's hashing).
+    here: f64,
+    /// PostgreSQL: the store's backends and the server's background
+    /// processes.
+    postgres: f64,
+    total: f64,
+}
+
+impl CpuPerEvent {
+    fn of(cpu: &Cpu, events: u64) -> Self {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / events.max(1) as f64;
+        Self {
+            here: per(cpu.here),
+            postgres: per(cpu.postgres),
+            total: per(cpu.total()),
+        }
+    }
+}
+
+/// What one side of a line measured: the appends and the CPU they took.
+#[derive(Default)]
+struct Side {
+    measured: Option<Measured>,
+    cpu: Cpu,
+}
+
+impl Side {
+    fn add(&mut self, m: Measured, cpu: &Cpu) -> anyhow::Result<()> {
+        self.cpu.add(cpu);
+        match &mut self.measured {
+            None => self.measured = Some(m),
+            Some(earlier) => merge(earlier, m)?,
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Side) -> anyhow::Result<()> {
+        match other.measured {
+            Some(m) => self.add(m, &other.cpu),
+            None => Ok(()),
+        }
+    }
+
+    /// Events/s and CPU per event.
+    fn rates(&self, events_per_append: usize) -> Option<(f64, CpuPerEvent)> {
+        let m = self.measured.as_ref()?;
+        let events = m.operations * events_per_append as u64;
+        Some((
+            m.per_second() * events_per_append as f64,
+            CpuPerEvent::of(&self.cpu, events),
+        ))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -151,8 +219,8 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     let window = common.window()?;
     let url = common.database_url()?;
 
-    let appends = if args.skip_appends {
-        Vec::new()
+    let (appends, work_us) = if args.skip_appends {
+        (Vec::new(), f64::NAN)
     } else {
         let scratch = Scratch::create(url).await?;
         eprintln!("chain: appends in scratch database {}", scratch.name());
@@ -172,7 +240,7 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     };
     scratch.drop().await;
     let verified = verified?;
-    Ok(section(&appends, &verified, window))
+    Ok(section(&appends, work_us, &verified, window))
 }
 
 /// `create or replace function jeanus_append …` as migration `sql` defines it.
@@ -213,11 +281,40 @@ fn unchained_append_function() -> anyhow::Result<String> {
     Ok(unchained.replace(&old, &signature(&append_function(MIGRATION_0017)?)?))
 }
 
+/// Events the writer's chain work is timed over, per round.
+const WORK_EVENTS: usize = 100_000;
+const WORK_ROUNDS: usize = 5;
+
+/// The chain's work in the writer alone, in CPU µs per event (the median
+/// of [`WORK_ROUNDS`]): each event's canonical pieces, printed on its
+/// caller's task, and its link (SHA-256) on the writer's, for the events
+/// `append` writes. Without the chain the store does neither.
+fn chain_work_us(shape: &Shape) -> anyhow::Result<f64> {
+    let events: Vec<_> = (0..WORK_EVENTS).map(|_| shape.event()).collect();
+    let stream = shape.stream();
+    let mut rounds = Vec::with_capacity(WORK_ROUNDS);
+    for _ in 0..WORK_ROUNDS {
+        let before = cpu::this_thread().context("no CPU clock for this thread")?;
+        let mut prev = chain::GENESIS;
+        for (i, event) in (1..).zip(&events) {
+            let pieces = chain::Unplaced::of(stream.stream_type, stream.stream_id, event)
+                .context("the bench's event has no certain jsonb text")?;
+            prev = pieces.link(&prev, i, 1);
+        }
+        std::hint::black_box(prev);
+        let used = cpu::this_thread()
+            .context("no CPU clock for this thread")?
+            .saturating_sub(before);
+        rounds.push(used.as_secs_f64() * 1e6 / WORK_EVENTS as f64);
+    }
+    Ok(median(&rounds))
+}
+
 async fn measure_appends(
     scratch: &Scratch,
     args: &Args,
     window: Window,
-) -> anyhow::Result<Vec<AppendLine>> {
+) -> anyhow::Result<(Vec<AppendLine>, f64)> {
     let admin = scratch.pool(1).await?;
     // Rows written without the chain have no hash.
     sqlx::query("alter table events alter column hash drop not null")
@@ -230,42 +327,73 @@ async fn measure_appends(
     let store_pool = scratch.pool(STORE_CONNECTIONS).await?;
     let store = EventStore::spawn(store_pool.clone());
     let shape = Arc::new(Shape::new());
+    let work_us = chain_work_us(&shape)?;
+    eprintln!("chain: the writer's chain work alone: {work_us:.2} µs of CPU per event");
     let mut lines = Vec::new();
     for &writers in &args.writers {
         for &events in &args.events {
-            let mut measured: [Option<Measured>; 2] = [None, None];
+            let mut sides: [Side; 2] = Default::default();
             let mut round_added_costs = Vec::with_capacity(args.append_rounds);
+            let mut round_added_cpus = Vec::with_capacity(args.append_rounds);
             for _ in 0..args.append_rounds {
-                let mut round: [Option<Measured>; 2] = [None, None];
+                let mut round: [Side; 2] = Default::default();
                 for chained in [true, false, false, true] {
                     sqlx::raw_sql(if chained { &with } else { &without })
                         .execute(&admin)
                         .await
                         .context("failed to swap jeanus_append")?;
                     checkpoint(&admin).await;
-                    let m =
-                        harness::run(writers, window, append_op(&store, &shape, events)).await?;
+                    let chained_before = store.batches_chained_by_writer();
+                    let (m, cpu) = cpu::during(
+                        &admin,
+                        window,
+                        harness::run(writers, window, append_op(&store, &shape, events)),
+                    )
+                    .await?;
+                    let per_event = CpuPerEvent::of(&cpu, m.operations * events as u64);
                     eprintln!(
-                        "chain: {writers:>2} writers × {events:>2} events, {}: {:>9} events/s  p99 {:>7.2} ms",
-                        if chained { "with chain   " } else { "without chain" },
+                        "chain: {writers:>2} writers × {events:>2} events, {}: {:>9} events/s  \
+                         p99 {:>7.2} ms  CPU/event {:>6.1} µs ({:.1} here, {:.1} PostgreSQL)  \
+                         batches chained by the writer: {}",
+                        if chained {
+                            "with chain   "
+                        } else {
+                            "without chain"
+                        },
                         thousands(m.per_second() * events as f64),
-                        m.quantile_ms(0.99)
+                        m.quantile_ms(0.99),
+                        per_event.total,
+                        per_event.here,
+                        per_event.postgres,
+                        store.batches_chained_by_writer() - chained_before,
                     );
-                    add(&mut round[usize::from(!chained)], m)?;
+                    round[usize::from(!chained)].add(m, &cpu)?;
                 }
-                if let [Some(with_chain), Some(without_chain)] = &round {
-                    round_added_costs
-                        .push(1.0 - with_chain.per_second() / without_chain.per_second());
-                }
-                for (side, m) in measured.iter_mut().zip(round) {
-                    if let Some(m) = m {
-                        add(side, m)?;
-                    }
+                let [Some((with_rate, with_cpu)), Some((without_rate, without_cpu))] =
+                    round.each_ref().map(|side| side.rates(events))
+                else {
+                    anyhow::bail!("a measurement is missing");
+                };
+                round_added_costs.push(1.0 - with_rate / without_rate);
+                round_added_cpus.push(with_cpu.total / without_cpu.total - 1.0);
+                for (side, measured) in sides.iter_mut().zip(round) {
+                    side.merge(measured)?;
                 }
             }
-            let [Some(with_chain), Some(without_chain)] = measured else {
+            let [Side {
+                measured: Some(with_chain),
+                cpu: with_cpu,
+            }, Side {
+                measured: Some(without_chain),
+                cpu: without_cpu,
+            }] = sides
+            else {
                 anyhow::bail!("a measurement is missing");
             };
+            let with_chain_cpu_us =
+                CpuPerEvent::of(&with_cpu, with_chain.operations * events as u64);
+            let without_chain_cpu_us =
+                CpuPerEvent::of(&without_cpu, without_chain.operations * events as u64);
             let with_chain = Figures::of(&with_chain, events);
             let without_chain = Figures::of(&without_chain, events);
             lines.push(AppendLine {
@@ -273,6 +401,10 @@ async fn measure_appends(
                 events_per_append: events,
                 added_cost: 1.0 - with_chain.events_per_s / without_chain.events_per_s,
                 round_added_costs,
+                added_cpu: with_chain_cpu_us.total / without_chain_cpu_us.total - 1.0,
+                round_added_cpus,
+                with_chain_cpu_us,
+                without_chain_cpu_us,
                 with_chain,
                 without_chain,
             });
@@ -281,16 +413,7 @@ async fn measure_appends(
     drop(store);
     store_pool.close().await;
     admin.close().await;
-    Ok(lines)
-}
-
-/// `m` added to what `side` has measured so far.
-fn add(side: &mut Option<Measured>, m: Measured) -> anyhow::Result<()> {
-    match side {
-        None => *side = Some(m),
-        Some(earlier) => merge(earlier, m)?,
-    }
-    Ok(())
+    Ok((lines, work_us))
 }
 
 fn merge(into: &mut Measured, other: Measured) -> anyhow::Result<()> {
@@ -531,10 +654,10 @@ async fn walk_keyset(pool: &PgPool, events: i64, hash: bool) -> anyhow::Result<f
     Ok(seconds)
 }
 
-fn section(lines: &[AppendLine], v: &VerifyFigures, window: Window) -> Section {
+fn section(lines: &[AppendLine], work_us: f64, v: &VerifyFigures, window: Window) -> Section {
     let mut md = String::from("## chain: the hash chain at append, and `verify`\n\n");
     if !lines.is_empty() {
-        append_lines(&mut md, lines, window);
+        append_lines(&mut md, lines, work_us, window);
     }
     md.push_str(&format!(
         "`verify` over {} events of {} tenants, median of {} rounds ({} cores, load average \
@@ -572,56 +695,79 @@ fn section(lines: &[AppendLine], v: &VerifyFigures, window: Window) -> Section {
     Section {
         name: "chain",
         markdown: md,
-        json: serde_json::json!({ "appends": lines, "verify": v }),
+        json: serde_json::json!({
+            "appends": lines,
+            "chain_work_us_per_event": work_us,
+            "verify": v,
+        }),
     }
 }
 
-fn append_lines(md: &mut String, lines: &[AppendLine], window: Window) {
+fn append_lines(md: &mut String, lines: &[AppendLine], work_us: f64, window: Window) {
     md.push_str(&format!(
         "Appends as in `append` (one shared `EventStore`, pool of {STORE_CONNECTIONS}, each \
          append to a new stream), with `jeanus_append` of migration 0017 (the chain, computed \
          by the writer) and of 0001 (none) swapped in turn on the same database: {} rounds of with, \
          without, without, with, {} s each after {} s warm-up; figures of every run of a side \
-         together.\n\n\
-         | writers | events/append | chain | events/s | p50 ms | p99 ms | max ms |\n\
-         |---:|---:|---|---:|---:|---:|---:|\n",
+         together. CPU time is this process's (the writers, the store's writer task) and \
+         PostgreSQL's (the store's backends, the server's background processes) over the \
+         measured spans, per event.\n\n\
+         | writers | events/append | chain | events/s | p50 ms | p99 ms | max ms | CPU µs/event | here | PostgreSQL |\n\
+         |---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
         lines.first().map_or(0, |l| l.round_added_costs.len()),
         window.measure.as_secs_f64(),
         window.warmup.as_secs_f64()
     ));
     for line in lines {
-        for (name, f) in [("with", &line.with_chain), ("without", &line.without_chain)] {
+        for (name, f, cpu) in [
+            ("with", &line.with_chain, &line.with_chain_cpu_us),
+            ("without", &line.without_chain, &line.without_chain_cpu_us),
+        ] {
             md.push_str(&format!(
-                "| {} | {} | {name} | {} | {:.2} | {:.2} | {:.2} |\n",
+                "| {} | {} | {name} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |\n",
                 line.writers,
                 line.events_per_append,
                 thousands(f.events_per_s),
                 f.p50_ms,
                 f.p99_ms,
-                f.max_ms
+                f.max_ms,
+                cpu.total,
+                cpu.here,
+                cpu.postgres,
             ));
         }
     }
     md.push_str(
-        "\nAdded cost (1 − with ÷ without, events/s, every round pooled; goal ≤ 5 %), and \
-         round by round:\n\n",
+        "\nAdded cost, every round pooled (goal ≤ 5 %), and round by round: in CPU time per \
+         event (with ÷ without − 1), and in throughput (1 − with ÷ without, events/s):\n\n",
     );
-    for line in lines {
-        let rounds: Vec<String> = line
-            .round_added_costs
+    let percents = |costs: &[f64]| -> String {
+        costs
             .iter()
             .map(|c| format!("{:+.1} %", c * 100.0))
-            .collect();
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for line in lines {
         md.push_str(&format!(
-            "- {} writers × {} events: {:+.1} % {} (rounds: {})\n",
+            "- {} writers × {} events: CPU {:+.1} % {} (rounds: {}); throughput {:+.1} % \
+             (rounds: {}); the writer's chain work alone: {:.1} % of the CPU per event \
+             without the chain\n",
             line.writers,
             line.events_per_append,
+            line.added_cpu * 100.0,
+            verdict(line.added_cpu <= GOAL_ADDED_COST),
+            percents(&line.round_added_cpus),
             line.added_cost * 100.0,
-            verdict(line.added_cost <= GOAL_ADDED_COST),
-            rounds.join(", ")
+            percents(&line.round_added_costs),
+            work_us / line.without_chain_cpu_us.total * 100.0,
         ));
     }
-    md.push('\n');
+    md.push_str(&format!(
+        "\nThe writer's chain work alone (each event's canonical pieces and its SHA-256 \
+         link, {WORK_EVENTS} events on one thread, median of {WORK_ROUNDS}): {work_us:.2} µs of \
+         CPU per event.\n\n"
+    ));
 }
 
 fn verdict(met: bool) -> &'static str {
