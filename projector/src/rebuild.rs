@@ -364,7 +364,7 @@ impl Loader<'_> {
     /// `through`. Returns the position they were swapped in at.
     async fn swap(&mut self, through: i64) -> anyhow::Result<i64> {
         let projections: Vec<Projection> = self.fresh.iter().map(|f| f.projection).collect();
-        let mut tx = schema::tx::begin(&self.pool)
+        let mut tx = schema::tx::begin(self.pool)
             .await
             .context("failed to begin the swap")?;
         sqlx::query(&format!("set local lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
