@@ -11,6 +11,10 @@ use tracing_subscriber::EnvFilter;
 
 mod cli;
 
+/// mimalloc rather than glibc's malloc: see `mimalloc` in the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "jeanus-api", version, about = "The Jeanus REST API")]
 struct Cli {
