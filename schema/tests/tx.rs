@@ -21,16 +21,12 @@ async fn one_connection(pool: &PgPool) -> PgPool {
     single
 }
 
-/// Start `begin` on a connection of its own and drop it once PostgreSQL has
-/// run its `BEGIN` but before the future has read the answer (polled only
-/// until the session shows `idle in transaction`), then write in autocommit
-/// mode on the same connection: is the row visible to another connection
-/// once the write has answered?
-async fn write_after_a_cancelled_begin<F, Fut>(pool: &PgPool, begin: F) -> bool
-where
-    F: FnOnce(PgPool) -> Fut,
-    Fut: std::future::Future,
-{
+/// Start `schema::tx::begin` on a connection of its own and drop it once
+/// PostgreSQL has run its `BEGIN` but before the future has read the answer
+/// (polled only until the session shows `idle in transaction`), then write
+/// in autocommit mode on the same connection: is the row visible to another
+/// connection once the write has answered?
+async fn write_after_a_cancelled_begin(pool: &PgPool) -> bool {
     sqlx::query("create table written (n int)")
         .execute(pool)
         .await
@@ -50,7 +46,7 @@ where
         .expect("its state")
     };
     {
-        let mut begun = std::pin::pin!(begin(single.clone()));
+        let mut begun = std::pin::pin!(schema::tx::begin(&single));
         // Polled again only if, after a poll, the server has not shown the
         // transaction for a long while (that poll had not sent BEGIN yet):
         // a poll after BEGIN's answer arrived would finish the begin.
@@ -87,12 +83,7 @@ where
 
 #[sqlx::test]
 async fn a_write_after_a_cancelled_begin_commits(pool: PgPool) {
-    let committed =
-        write_after_a_cancelled_begin(
-            &pool,
-            |single| async move { schema::tx::begin(&single).await },
-        )
-        .await;
+    let committed = write_after_a_cancelled_begin(&pool).await;
     assert!(
         committed,
         "the write ran inside the cancelled begin's transaction"
