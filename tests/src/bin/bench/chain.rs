@@ -164,13 +164,36 @@ impl Side {
     }
 
     /// Events/s and CPU per event.
-    fn rates(&self, events_per_append: usize) -> Option<(f64, CpuPerEvent)> {
-        let m = self.measured.as_ref()?;
+    fn rates(&self, events_per_append: usize) -> anyhow::Result<(f64, CpuPerEvent)> {
+        let m = self.measured.as_ref().context("a measurement is missing")?;
         let events = m.operations * events_per_append as u64;
-        Some((
+        Ok((
             m.per_second() * events_per_append as f64,
             CpuPerEvent::of(&self.cpu, events),
         ))
+    }
+}
+
+/// What the chain adds, side `[with, without]` against each other.
+struct Added {
+    /// 1 − with ÷ without, in events/s.
+    throughput: f64,
+    /// with ÷ without − 1, in CPU time per event.
+    cpu: f64,
+    with_cpu_us: CpuPerEvent,
+    without_cpu_us: CpuPerEvent,
+}
+
+impl Added {
+    fn of([with, without]: &[Side; 2], events_per_append: usize) -> anyhow::Result<Self> {
+        let (with_rate, with_cpu_us) = with.rates(events_per_append)?;
+        let (without_rate, without_cpu_us) = without.rates(events_per_append)?;
+        Ok(Self {
+            throughput: 1.0 - with_rate / without_rate,
+            cpu: with_cpu_us.total / without_cpu_us.total - 1.0,
+            with_cpu_us,
+            without_cpu_us,
+        })
     }
 }
 
@@ -369,44 +392,28 @@ async fn measure_appends(
                     );
                     round[usize::from(!chained)].add(m, &cpu)?;
                 }
-                let [Some((with_rate, with_cpu)), Some((without_rate, without_cpu))] =
-                    round.each_ref().map(|side| side.rates(events))
-                else {
-                    anyhow::bail!("a measurement is missing");
-                };
-                round_added_costs.push(1.0 - with_rate / without_rate);
-                round_added_cpus.push(with_cpu.total / without_cpu.total - 1.0);
+                let added = Added::of(&round, events)?;
+                round_added_costs.push(added.throughput);
+                round_added_cpus.push(added.cpu);
                 for (side, measured) in sides.iter_mut().zip(round) {
                     side.merge(measured)?;
                 }
             }
-            let [Side {
-                measured: Some(with_chain),
-                cpu: with_cpu,
-            }, Side {
-                measured: Some(without_chain),
-                cpu: without_cpu,
-            }] = sides
-            else {
+            let added = Added::of(&sides, events)?;
+            let [Some(with_chain), Some(without_chain)] = sides.map(|side| side.measured) else {
                 anyhow::bail!("a measurement is missing");
             };
-            let with_chain_cpu_us =
-                CpuPerEvent::of(&with_cpu, with_chain.operations * events as u64);
-            let without_chain_cpu_us =
-                CpuPerEvent::of(&without_cpu, without_chain.operations * events as u64);
-            let with_chain = Figures::of(&with_chain, events);
-            let without_chain = Figures::of(&without_chain, events);
             lines.push(AppendLine {
                 writers,
                 events_per_append: events,
-                added_cost: 1.0 - with_chain.events_per_s / without_chain.events_per_s,
+                with_chain: Figures::of(&with_chain, events),
+                without_chain: Figures::of(&without_chain, events),
+                added_cost: added.throughput,
                 round_added_costs,
-                added_cpu: with_chain_cpu_us.total / without_chain_cpu_us.total - 1.0,
+                with_chain_cpu_us: added.with_cpu_us,
+                without_chain_cpu_us: added.without_cpu_us,
+                added_cpu: added.cpu,
                 round_added_cpus,
-                with_chain_cpu_us,
-                without_chain_cpu_us,
-                with_chain,
-                without_chain,
             });
         }
     }
