@@ -1,4 +1,4 @@
-//! The hash chain written by `jeanus_append` (migrations 0010 and 0016)
+//! The hash chain written by `jeanus_append` (migrations 0010, 0016 to 0018)
 //! against its definition: the canonical bytes are the jsonb text of the
 //! event object, as PostgreSQL prints it, and as `schema::chain` writes it;
 //! each hash links to the same tenant's previous one, whether the event
@@ -401,8 +401,9 @@ async fn the_writer_chains_its_batches_as_the_database_would(pool: PgPool) {
     assert_eq!(assert_chained(&pool, written).await, 2);
 }
 
-/// `jeanus_append` stores the hashes it is sent only when the prediction
-/// they were computed from holds; otherwise it chains the batch itself.
+/// `jeanus_append` stores the hashes it is sent for an append only when the
+/// prediction they were computed from holds for it; otherwise it chains the
+/// append itself.
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
     let tenant = Uuid::now_v7();
@@ -418,10 +419,9 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
                 }]
             })
         };
-        let mut batch = vec![one(expected)];
-        if extra_conflict {
-            batch.push(one(5));
-        }
+        // A refused append moves every position after it (migration 0018).
+        let mut batch = if extra_conflict { vec![one(5)] } else { vec![] };
+        batch.push(one(expected));
         serde_json::Value::Array(batch)
     };
     // Each: (head, tenants, seeds, hashes) as sent, a batch with a conflict?
@@ -479,7 +479,7 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
             1,
             false,
         ),
-        ("not one hash per event", 0, Tip::Right, 2, false),
+        ("no hash for the event", 0, Tip::Right, 0, false),
         ("an append refused: positions moved", 0, Tip::Right, 2, true),
     ];
     for (why, off, sent, hashes, conflict) in cases {
@@ -496,7 +496,7 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
             vec![bogus.clone(); hashes],
         )
         .await;
-        assert_eq!(answer[0], Some(false), "{why}");
+        assert_eq!(answer.last(), Some(&Some(false)), "{why}");
     }
     assert_eq!(assert_chained(&pool, 4).await, 1);
 
@@ -533,4 +533,127 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
     )
     .await;
     assert_eq!(answer, [Some(true)]);
+}
+
+/// One append's answer from `jeanus_append`.
+#[derive(sqlx::FromRow)]
+struct Answer {
+    writer_chained: Option<bool>,
+    last_position: Option<i64>,
+    last_hash: Option<Vec<u8>>,
+}
+
+/// Migration 0018: in a batch the writer predicted only in part, the
+/// appends before the first mispredicted one keep the writer's hashes, and
+/// the rest are chained by the database from them; every stored hash is the
+/// chain's, and each answer names the hash stored for its last event.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn the_writer_keeps_its_hashes_up_to_the_first_append_it_mispredicted(pool: PgPool) {
+    let (known, unknown) = (Uuid::now_v7(), Uuid::now_v7());
+    let lead = |i: i64| event("LeadCreated", json!({ "i": i }), "2026-01-01T00:00:00Z");
+    let (stored_stream, stored_event) = (stream(known), lead(0));
+    EventStore::spawn(pool.clone())
+        .append(
+            stored_stream,
+            ExpectedVersion::NoStream,
+            vec![stored_event.clone()],
+        )
+        .await
+        .expect("appended");
+    let append = |stream: &StreamRef, event: &NewEvent| {
+        json!({
+            "tenant_id": stream.tenant_id, "stream_type": stream.stream_type,
+            "stream_id": stream.stream_id, "expected": 0, "events": [event],
+        })
+    };
+    let duplicate = append(&stored_stream, &stored_event);
+    let bogus = vec![0xab_u8; 32];
+    let mut written = 1;
+
+    // Each batch: why the writer gets only its first append right, the
+    // tenant and payload of each new append, and where a duplicate goes.
+    let cases = [
+        (
+            "an append refused after the first",
+            [(known, 1), (known, 2), (unknown, 3)],
+            Some(1),
+        ),
+        (
+            "a tenant without a tip after the first",
+            [(known, 4), (unknown, 5), (known, 6)],
+            None,
+        ),
+    ];
+    for (why, appends, refused_at) in cases {
+        let appends = appends.map(|(tenant, i)| (stream(tenant), lead(i)));
+        let head: i64 = sqlx::query_scalar("select position from event_log_head")
+            .fetch_one(&pool)
+            .await
+            .expect("the head");
+        let tip: Vec<u8> = sqlx::query_scalar(
+            "select hash from events where tenant_id = $1 order by position desc limit 1",
+        )
+        .bind(known)
+        .fetch_one(&pool)
+        .await
+        .expect("the tip");
+        let tip = Hash::try_from(tip.as_slice()).expect("32 bytes");
+        // The writer's first hash is right; the others it would compute
+        // from positions or tips that do not hold, and must not be stored.
+        let (first_stream, first_event) = &appends[0];
+        let first_hash = chain::Unplaced::of(
+            first_stream.stream_type,
+            first_stream.stream_id,
+            first_event,
+        )
+        .expect("certain jsonb text")
+        .link(&tip, head + 1, 1);
+        let mut batch: Vec<_> = appends.iter().map(|(s, e)| append(s, e)).collect();
+        let mut hashes = vec![first_hash.to_vec(), bogus.clone(), bogus.clone()];
+        if let Some(at) = refused_at {
+            batch.insert(at, duplicate.clone());
+            hashes.push(bogus.clone());
+        }
+        let answer: Vec<Answer> = sqlx::query_as(
+            "select writer_chained, last_position, last_hash
+               from jeanus_append($1, $2, $3, $4, $5) order by idx",
+        )
+        .bind(sqlx::types::Json(serde_json::Value::Array(batch)))
+        .bind(head)
+        .bind(vec![known])
+        .bind(vec![tip.to_vec()])
+        .bind(hashes)
+        .fetch_all(&pool)
+        .await
+        .expect("appended");
+        written += appends.len();
+
+        let chained: Vec<Option<bool>> = answer.iter().map(|a| a.writer_chained).collect();
+        let expected = match refused_at {
+            Some(_) => vec![Some(true), None, Some(false), Some(false)],
+            None => vec![Some(true), Some(false), Some(false)],
+        };
+        assert_eq!(chained, expected, "{why}");
+        assert_eq!(
+            answer[0].last_hash.as_deref(),
+            Some(first_hash.as_slice()),
+            "{why}"
+        );
+        for a in &answer {
+            let Some(position) = a.last_position else {
+                continue;
+            };
+            let stored: Vec<u8> = sqlx::query_scalar("select hash from events where position = $1")
+                .bind(position)
+                .fetch_one(&pool)
+                .await
+                .expect("the stored hash");
+            assert_eq!(
+                a.last_hash.as_ref(),
+                Some(&stored),
+                "{why}: position {position}"
+            );
+        }
+    }
+    assert_eq!(assert_chained(&pool, written).await, 2);
 }
