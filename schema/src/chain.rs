@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::envelope::NewEvent;
+use crate::envelope::{Metadata, NewEvent};
 
 /// The `prev_hash` of a tenant's first event.
 pub const GENESIS: Hash = [0; 32];
@@ -60,15 +60,39 @@ pub fn write_canonical(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
 
 /// `{"id": …, "data": …, "type": …, "metadata": …, "position": `
 fn write_before_position(event: &CanonicalEvent<'_>, out: &mut Vec<u8>) {
+    write_before_position_with(
+        event.id,
+        event.event_type,
+        out,
+        |out| {
+            out.extend_from_slice(event.data.as_bytes());
+            true
+        },
+        |out| out.extend_from_slice(event.metadata.as_bytes()),
+    );
+}
+
+/// [`write_before_position`] with `data` and `metadata` written by the
+/// given functions; `false` if `data` declined (see [`write_jsonb_text`]).
+fn write_before_position_with(
+    id: Uuid,
+    event_type: &str,
+    out: &mut Vec<u8>,
+    data: impl FnOnce(&mut Vec<u8>) -> bool,
+    metadata: impl FnOnce(&mut Vec<u8>),
+) -> bool {
     out.extend_from_slice(b"{\"id\": \"");
-    write_uuid(event.id, out);
+    write_uuid(id, out);
     out.extend_from_slice(b"\", \"data\": ");
-    out.extend_from_slice(event.data.as_bytes());
+    if !data(out) {
+        return false;
+    }
     out.extend_from_slice(b", \"type\": ");
-    write_json_string(event.event_type, out);
+    write_json_string(event_type, out);
     out.extend_from_slice(b", \"metadata\": ");
-    out.extend_from_slice(event.metadata.as_bytes());
+    metadata(out);
     out.extend_from_slice(b", \"position\": ");
+    true
 }
 
 /// `, "stream_id": …, "occurred_at": …, "stream_type": …, "schema_version": …, "stream_version": `
@@ -147,27 +171,40 @@ impl Unplaced {
 
     /// The pieces of `event`, appended to stream `stream_id` of type
     /// `stream_type`, if its payloads' `jsonb` text is certain (see
-    /// [`write_jsonb_text`]).
+    /// [`write_jsonb_text`]). The payloads are printed straight into the
+    /// pieces: the event store's writer does this for every event it chains.
     pub fn of(stream_type: &str, stream_id: Uuid, event: &NewEvent) -> Option<Self> {
-        let (mut data, mut metadata) = (Vec::new(), Vec::new());
-        let metadata_value = serde_json::to_value(&event.metadata).ok()?;
-        if !write_jsonb_text(&event.data, &mut data)
-            || !write_jsonb_text(&metadata_value, &mut metadata)
-        {
+        let mut before_position = Vec::with_capacity(512);
+        let certain = write_before_position_with(
+            event.id,
+            event.event_type,
+            &mut before_position,
+            |out| write_jsonb_text(&event.data, out),
+            |out| write_metadata_jsonb_text(&event.metadata, out),
+        );
+        if !certain {
             return None;
         }
-        Some(Self::new(&CanonicalEvent {
-            position: 0,
-            id: event.id,
-            event_type: event.event_type,
-            schema_version: event.schema_version,
-            stream_type,
-            stream_id,
-            stream_version: 0,
-            occurred_at: event.occurred_at,
-            metadata: std::str::from_utf8(&metadata).ok()?,
-            data: std::str::from_utf8(&data).ok()?,
-        }))
+        let mut before_version = Vec::with_capacity(160);
+        write_before_version(
+            &CanonicalEvent {
+                position: 0,
+                id: event.id,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                stream_type,
+                stream_id,
+                stream_version: 0,
+                occurred_at: event.occurred_at,
+                metadata: "",
+                data: "",
+            },
+            &mut before_version,
+        );
+        Some(Self {
+            before_position,
+            before_version,
+        })
     }
 
     /// The hash of this event at `position` and `stream_version`, after
@@ -216,15 +253,19 @@ pub fn write_jsonb_text(value: &serde_json::Value, out: &mut Vec<u8>) -> bool {
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
-            let text = n.to_string();
-            let plain = n.is_i64()
-                || n.is_u64()
-                || !(text.contains(['e', 'E'])
-                    || n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()));
-            if !plain {
-                return false;
+            if let Some(i) = n.as_i64() {
+                out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+            } else if let Some(u) = n.as_u64() {
+                out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
+            } else {
+                let text = n.to_string();
+                if text.contains(['e', 'E'])
+                    || n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative())
+                {
+                    return false;
+                }
+                out.extend_from_slice(text.as_bytes());
             }
-            out.extend_from_slice(text.as_bytes());
         }
         Value::String(s) => write_json_string(s, out),
         Value::Array(items) => {
@@ -261,6 +302,28 @@ pub fn write_jsonb_text(value: &serde_json::Value, out: &mut Vec<u8>) -> bool {
         }
     }
     true
+}
+
+/// `metadata` as [`write_jsonb_text`] writes its serde form, without
+/// building that form: keys by length (`key_id` before `request_id`), absent
+/// ones left out, as `Metadata`'s `skip_serializing_if` leaves them out.
+fn write_metadata_jsonb_text(metadata: &Metadata, out: &mut Vec<u8>) {
+    // Destructured so that a new field cannot be forgotten here.
+    let Metadata { request_id, key_id } = metadata;
+    out.push(b'{');
+    if let Some(key_id) = key_id {
+        out.extend_from_slice(b"\"key_id\": \"");
+        write_uuid(*key_id, out);
+        out.push(b'"');
+    }
+    if let Some(request_id) = request_id {
+        if key_id.is_some() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"\"request_id\": ");
+        write_json_string(request_id, out);
+    }
+    out.push(b'}');
 }
 
 /// A JSON string as PostgreSQL's `escape_json` writes it, which serde_json
@@ -352,6 +415,31 @@ mod tests {
             unplaced.link(&prev, event.position + 1, event.stream_version),
             next_hash(&prev, &canonical(&event))
         );
+    }
+
+    #[test]
+    fn metadata_is_written_as_its_serde_form_would_be() {
+        let key_id = Uuid::parse_str("0193a7c6-8b4e-7c1d-9e2f-0a1b2c3d4e52").expect("uuid");
+        for (request_id, key_id) in [
+            (None, None),
+            (Some("req \"1\"\n"), None),
+            (None, Some(key_id)),
+            (Some("é\u{1}"), Some(key_id)),
+        ] {
+            let metadata = Metadata {
+                request_id: request_id.map(str::to_owned),
+                key_id,
+            };
+            let (mut direct, mut through_value) = (Vec::new(), Vec::new());
+            write_metadata_jsonb_text(&metadata, &mut direct);
+            let value = serde_json::to_value(&metadata).expect("serializable");
+            assert!(write_jsonb_text(&value, &mut through_value));
+            assert_eq!(
+                String::from_utf8(direct).expect("utf-8"),
+                String::from_utf8(through_value).expect("utf-8"),
+                "{metadata:?}"
+            );
+        }
     }
 
     #[test]
