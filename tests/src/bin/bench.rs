@@ -24,6 +24,8 @@ mod cpu;
 mod database;
 #[path = "bench/harness.rs"]
 mod harness;
+#[path = "bench/instructions.rs"]
+mod instructions;
 #[path = "bench/leads.rs"]
 mod leads;
 #[path = "bench/rebuild.rs"]

@@ -2,23 +2,28 @@
 //! how fast `verify` re-walks it.
 //!
 //! 1. Appends through one shared `EventStore`, as in `append`, with the
-//!    chain (`jeanus_append` of migration 0017: the writer chains its
+//!    chain (`jeanus_append` of migration 0018: the writer chains its
 //!    batches, the database checks the head they chain from) and without it
-//!    (0001's function under 0017's signature, swapped in with `create or
+//!    (0001's function under 0018's signature, swapped in with `create or
 //!    replace`), on the same database, interleaved with, without, without,
 //!    with for each line so that drift (autovacuum, other builds) falls on
 //!    both sides.
-//! 2. `verify` over a log of `--verify-events` events of 100 tenants
+//! 2. The same two functions' instructions per call in the database, for
+//!    batches of `--instruction-appends` appends of `--events` events
+//!    (`instructions`): what the chain adds there, without the drift that
+//!    moves the timed figures by as much as the cost measured.
+//! 3. `verify` over a log of `--verify-events` events of 100 tenants
 //!    (written in SQL with the migration's own chain functions, as its
 //!    backfill does), against `verify`'s own pages read without hashing
 //!    (`projector::verify::Pages`: read ahead on several connections, each
 //!    row decoded), and against the walk `verify` made before it read ahead
 //!    (keyset pages on one connection, hashed as read) with and without its
 //!    hashing. Each is measured `--verify-rounds` times, the order turned
-//!    each round, and the median reported. `--skip-appends` measures only
-//!    this part.
+//!    each round, and the median reported. `--skip-appends` and
+//!    `--skip-instructions` leave out parts 1 and 2.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,7 @@ use crate::append::{append_op, checkpoint, Figures, Shape};
 use crate::cpu::{self, Cpu};
 use crate::database::Scratch;
 use crate::harness::{self, Measured, Window};
+use crate::instructions::{self, Batch};
 use crate::report::{thousands, Section};
 use crate::Common;
 
@@ -46,6 +52,7 @@ const DEFAULT_EVENTS: [usize; 2] = [1, 10];
 const DEFAULT_VERIFY_EVENTS: i64 = 1_000_000;
 const DEFAULT_VERIFY_ROUNDS: usize = 3;
 const DEFAULT_APPEND_ROUNDS: usize = 3;
+const DEFAULT_INSTRUCTION_APPENDS: [usize; 2] = [1, 32];
 const TENANTS: i64 = 100;
 const STORE_CONNECTIONS: u32 = 2;
 
@@ -54,8 +61,8 @@ const GOAL_ADDED_COST: f64 = 0.05;
 const GOAL_VERIFY_PER_S: f64 = 200_000.0;
 
 const MIGRATION_0001: &str = include_str!("../../../../schema/migrations/0001_event_log.sql");
-const MIGRATION_0017: &str =
-    include_str!("../../../../schema/migrations/0017_chain_tips_vouched_by_the_head.sql");
+const MIGRATION_0018: &str =
+    include_str!("../../../../schema/migrations/0018_chain_answered_as_decided.sql");
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -76,9 +83,22 @@ pub struct Args {
     /// cost measured, so the verdict takes the rounds pooled.
     #[arg(long, default_value_t = DEFAULT_APPEND_ROUNDS)]
     append_rounds: usize,
-    /// Measure `verify` only, not the appends.
+    /// Do not time appends (instructions are still counted, unless
+    /// `--skip-instructions`).
     #[arg(long)]
     skip_appends: bool,
+    /// Appends per batch for the instruction counts, comma-separated (with
+    /// each of `--events` events).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_INSTRUCTION_APPENDS)]
+    instruction_appends: Vec<usize>,
+    /// Do not count instructions (which needs valgrind and PostgreSQL's
+    /// server programs on this machine).
+    #[arg(long)]
+    skip_instructions: bool,
+    /// PostgreSQL's server programs (initdb, pg_ctl, postgres), for the
+    /// instruction counts: by default the newest /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "JEANUS_PG_BIN")]
+    pg_bin: Option<PathBuf>,
 }
 
 impl Default for Args {
@@ -90,6 +110,9 @@ impl Default for Args {
             verify_rounds: DEFAULT_VERIFY_ROUNDS,
             append_rounds: DEFAULT_APPEND_ROUNDS,
             skip_appends: false,
+            instruction_appends: DEFAULT_INSTRUCTION_APPENDS.to_vec(),
+            skip_instructions: false,
+            pg_bin: None,
         }
     }
 }
@@ -255,6 +278,12 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
         appends?
     };
 
+    let counted = if args.skip_instructions {
+        Vec::new()
+    } else {
+        count_instructions(args).await?
+    };
+
     let scratch = Scratch::create(url).await?;
     eprintln!("chain: verify in scratch database {}", scratch.name());
     let verified = tokio::select! {
@@ -263,7 +292,76 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     };
     scratch.drop().await;
     let verified = verified?;
-    Ok(section(&appends, work_us, &verified, window))
+    Ok(section(&appends, work_us, &counted, &verified, window))
+}
+
+/// One batch's instructions in the database, with the chain and without.
+#[derive(Debug, Serialize)]
+struct Counted {
+    batch: Batch,
+    with_chain: f64,
+    without_chain: f64,
+}
+
+impl Counted {
+    /// with ÷ without − 1.
+    fn added(&self) -> f64 {
+        self.with_chain / self.without_chain - 1.0
+    }
+}
+
+/// Instructions per call of `jeanus_append` with the chain and without, for
+/// each batch of `--instruction-appends` appends of `--events` events.
+async fn count_instructions(args: &Args) -> anyhow::Result<Vec<Counted>> {
+    let pg_bin = match &args.pg_bin {
+        Some(dir) => dir.clone(),
+        None => newest_pg_bin()?,
+    };
+    let (with, without) = (
+        append_function(MIGRATION_0018)?,
+        unchained_append_function()?,
+    );
+    let functions = [(with.as_str(), true), (without.as_str(), false)];
+    let mut counted = Vec::new();
+    for &appends in &args.instruction_appends {
+        for &events in &args.events {
+            let batch = Batch { appends, events };
+            let figures = instructions::per_call(&pg_bin, batch, &functions).await?;
+            let [with_chain, without_chain] = figures[..] else {
+                anyhow::bail!("{} figures for two functions", figures.len());
+            };
+            let line = Counted {
+                batch,
+                with_chain,
+                without_chain,
+            };
+            eprintln!(
+                "chain: instructions per call of {appends} appends × {events} events: \
+                 {} with the chain, {} without: {:+.1} %",
+                thousands(with_chain),
+                thousands(without_chain),
+                line.added() * 100.0
+            );
+            counted.push(line);
+        }
+    }
+    Ok(counted)
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` holding `postgres`.
+fn newest_pg_bin() -> anyhow::Result<PathBuf> {
+    let versions = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: pass --pg-bin or set JEANUS_PG_BIN")?;
+    versions
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version)
+        .map(|(_, bin)| bin)
+        .context("no PostgreSQL server under /usr/lib/postgresql: pass --pg-bin")
 }
 
 /// `create or replace function jeanus_append …` as migration `sql` defines it.
@@ -286,7 +384,7 @@ fn append_function(sql: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// 0001's `jeanus_append` (no chain) under the signature of 0017's, which
+/// 0001's `jeanus_append` (no chain) under the signature of 0018's, which
 /// the event store calls: it ignores the writer's hashes and answers no
 /// hash, so the writer, never learning a tip, computes none either.
 fn unchained_append_function() -> anyhow::Result<String> {
@@ -301,7 +399,7 @@ fn unchained_append_function() -> anyhow::Result<String> {
     };
     let unchained = append_function(MIGRATION_0001)?;
     let old = signature(&unchained)?;
-    Ok(unchained.replace(&old, &signature(&append_function(MIGRATION_0017)?)?))
+    Ok(unchained.replace(&old, &signature(&append_function(MIGRATION_0018)?)?))
 }
 
 /// Events the writer's chain work is timed over, per round.
@@ -344,7 +442,7 @@ async fn measure_appends(
         .execute(&admin)
         .await
         .context("failed to relax events.hash")?;
-    let with = append_function(MIGRATION_0017)?;
+    let with = append_function(MIGRATION_0018)?;
     let without = unchained_append_function()?;
 
     let store_pool = scratch.pool(STORE_CONNECTIONS).await?;
@@ -661,10 +759,19 @@ async fn walk_keyset(pool: &PgPool, events: i64, hash: bool) -> anyhow::Result<f
     Ok(seconds)
 }
 
-fn section(lines: &[AppendLine], work_us: f64, v: &VerifyFigures, window: Window) -> Section {
+fn section(
+    lines: &[AppendLine],
+    work_us: f64,
+    counted: &[Counted],
+    v: &VerifyFigures,
+    window: Window,
+) -> Section {
     let mut md = String::from("## chain: the hash chain at append, and `verify`\n\n");
     if !lines.is_empty() {
         append_lines(&mut md, lines, work_us, window);
+    }
+    if !counted.is_empty() {
+        instruction_lines(&mut md, counted, lines, work_us);
     }
     md.push_str(&format!(
         "`verify` over {} events of {} tenants, median of {} rounds ({} cores, load average \
@@ -705,6 +812,7 @@ fn section(lines: &[AppendLine], work_us: f64, v: &VerifyFigures, window: Window
         json: serde_json::json!({
             "appends": lines,
             "chain_work_us_per_event": work_us,
+            "instructions": counted,
             "verify": v,
         }),
     }
@@ -713,7 +821,7 @@ fn section(lines: &[AppendLine], work_us: f64, v: &VerifyFigures, window: Window
 fn append_lines(md: &mut String, lines: &[AppendLine], work_us: f64, window: Window) {
     md.push_str(&format!(
         "Appends as in `append` (one shared `EventStore`, pool of {STORE_CONNECTIONS}, each \
-         append to a new stream), with `jeanus_append` of migration 0017 (the chain, computed \
+         append to a new stream), with `jeanus_append` of migration 0018 (the chain, computed \
          by the writer) and of 0001 (none) swapped in turn on the same database: {} rounds of with, \
          without, without, with, {} s each after {} s warm-up; figures of every run of a side \
          together. CPU time is this process's (the writers, the store's writer task) and \
@@ -775,6 +883,63 @@ fn append_lines(md: &mut String, lines: &[AppendLine], work_us: f64, window: Win
          link, {WORK_EVENTS} events on one thread, median of {WORK_ROUNDS}): {work_us:.2} µs of \
          CPU per event.\n\n"
     ));
+}
+
+fn instruction_lines(md: &mut String, counted: &[Counted], lines: &[AppendLine], work_us: f64) {
+    md.push_str(
+        "Instructions per call of `jeanus_append` in the database (`valgrind --tool=callgrind`, \
+         one backend in single-user mode, each call its own transaction, a batch built in SQL \
+         for which the writer's prediction holds; the difference between a run of few calls \
+         and one of many, so start-up cancels out), with the chain and without:\n\n\
+         | appends × events | with | without | added |\n|---|---:|---:|---:|\n",
+    );
+    for c in counted {
+        md.push_str(&format!(
+            "| {} × {} | {} | {} | {:+.1} % |\n",
+            c.batch.appends,
+            c.batch.events,
+            thousands(c.with_chain),
+            thousands(c.without_chain),
+            c.added() * 100.0
+        ));
+    }
+    md.push_str(
+        "\nThe chain's whole added cost, from counts that do not drift: the database's added \
+         instructions, weighted by PostgreSQL's share of the CPU per event without the chain, \
+         plus the writer's chain work alone over that CPU per event (goal ≤ 5 %):\n\n",
+    );
+    for line in lines {
+        // A batch of one append stands for one writer's batches, a batch of
+        // the most appends counted for many writers'.
+        let appends = if line.writers == 1 {
+            counted.iter().map(|c| c.batch.appends).min()
+        } else {
+            counted.iter().map(|c| c.batch.appends).max()
+        };
+        let Some(c) = counted
+            .iter()
+            .find(|c| Some(c.batch.appends) == appends && c.batch.events == line.events_per_append)
+        else {
+            continue;
+        };
+        let cpu = &line.without_chain_cpu_us;
+        let database = c.added() * cpu.postgres / cpu.total;
+        let writer = work_us / cpu.total;
+        md.push_str(&format!(
+            "- {} writers × {} events (counted as {} × {}): {:+.1} % (database {:+.1} % × \
+             {:.2} of the CPU, writer {:.1} %) {}\n",
+            line.writers,
+            line.events_per_append,
+            c.batch.appends,
+            c.batch.events,
+            (database + writer) * 100.0,
+            c.added() * 100.0,
+            cpu.postgres / cpu.total,
+            writer * 100.0,
+            verdict(database + writer <= GOAL_ADDED_COST),
+        ));
+    }
+    md.push('\n');
 }
 
 fn verdict(met: bool) -> &'static str {
