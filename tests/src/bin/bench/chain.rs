@@ -888,9 +888,10 @@ fn append_lines(md: &mut String, lines: &[AppendLine], work_us: f64, window: Win
 fn instruction_lines(md: &mut String, counted: &[Counted], lines: &[AppendLine], work_us: f64) {
     md.push_str(
         "Instructions per call of `jeanus_append` in the database (`valgrind --tool=callgrind`, \
-         one backend in single-user mode, each call its own transaction, a batch built in SQL \
-         for which the writer's prediction holds; the difference between a run of few calls \
-         and one of many, so start-up cancels out), with the chain and without:\n\n\
+         one backend in single-user mode, each call its own transaction; the event store's \
+         call, prepared, with the batch as JSON text of `append`'s events and a prediction \
+         that holds; the difference between a run of few calls and one of many, so start-up \
+         cancels out), with the chain and without:\n\n\
          | appends × events | with | without | added |\n|---|---:|---:|---:|\n",
     );
     for c in counted {
