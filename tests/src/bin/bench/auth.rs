@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::cpu;
 use crate::database::Scratch;
 use crate::harness::{self, Measured, Window};
+use crate::instructions::{self, Cluster};
 use crate::report::{thousands, Section};
 use crate::Common;
 
@@ -59,6 +60,8 @@ pub struct Args {
         hide_env_values = true
     )]
     nats_url: String,
+    #[command(flatten)]
+    instructions: instructions::Options,
 }
 
 impl Default for Args {
@@ -68,6 +71,7 @@ impl Default for Args {
             rounds: DEFAULT_ROUNDS,
             nats_url: std::env::var("NATS_URL")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
+            instructions: instructions::Options::default(),
         }
     }
 }
@@ -156,7 +160,63 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     };
     scratch.drop().await;
     let results = measured?;
-    Ok(section(&results, window))
+    let limiter = match args.instructions.cluster().await? {
+        Some(cluster) => count_limiter(&cluster).await?,
+        None => Vec::new(),
+    };
+    Ok(section(&results, &limiter, window))
+}
+
+/// Keys per `jeanus_rate_limit` call whose instructions are counted: one,
+/// and a batch as this scenario's load makes them.
+const LIMITER_KEYS: [usize; 2] = [1, 32];
+const LIMITER_WARM_UP: usize = 20;
+const LIMITER_MEASURED: usize = 40;
+
+/// Instructions per call of `jeanus_rate_limit` for `keys` keys, each
+/// spending one request far below its limit: this scenario's common case.
+#[derive(Debug, Serialize)]
+struct LimiterCounted {
+    keys: usize,
+    per_call: f64,
+}
+
+/// The limiter's instructions per call in the database, counted as `chain`
+/// counts appends ([`instructions`]): the same call again and again, on
+/// keys whose states the warm-up created.
+async fn count_limiter(cluster: &Cluster) -> anyhow::Result<Vec<LimiterCounted>> {
+    let mut counted = Vec::with_capacity(LIMITER_KEYS.len());
+    for keys in LIMITER_KEYS {
+        let prepare = format!(
+            "prepare decide as select count(*) as decided from limiter_keys, \
+             jeanus_rate_limit(k, array_fill({BENCH_RATE_LIMIT}, array[{keys}]), \
+             array_fill(true, array[{keys}]), 60000);\n"
+        );
+        let calls = |_, n: usize| Ok(format!("{prepare}{}", "execute decide;\n".repeat(n)));
+        let setup = format!(
+            "create table limiter_keys as \
+             select array_agg(gen_random_uuid()) as k from generate_series(1, {keys});\n{}",
+            calls(0, LIMITER_WARM_UP)?
+        );
+        let check = |output: &str, n: usize| {
+            let decided = instructions::answered(output, "decided", keys);
+            ensure!(
+                decided == n,
+                "{decided} of {n} calls decided for their {keys} keys: {}",
+                instructions::first_error(output)
+            );
+            Ok(())
+        };
+        let per_call = cluster
+            .per_call(&setup, LIMITER_WARM_UP, LIMITER_MEASURED, calls, check)
+            .await?;
+        eprintln!(
+            "auth: instructions per jeanus_rate_limit call, keys {keys}: {}",
+            thousands(per_call)
+        );
+        counted.push(LimiterCounted { keys, per_call });
+    }
+    Ok(counted)
 }
 
 async fn measure(
@@ -625,7 +685,7 @@ pub fn database_url_for(base: &str, database: &str) -> String {
     }
 }
 
-fn section(r: &Results, window: Window) -> Section {
+fn section(r: &Results, limiter: &[LimiterCounted], window: Window) -> Section {
     let mut md = String::from("## auth: every /api/v1 layer against none\n\n");
     md.push_str(&format!(
         "One in-process api (pool of 32 connections), {} concurrent HTTP/1.1 clients in a \
@@ -696,6 +756,22 @@ fn section(r: &Results, window: Window) -> Section {
         r.control_api_key_scans
     ));
 
+    if let [one, .., many] = limiter {
+        let per_key = (many.per_call - one.per_call) / (many.keys - one.keys) as f64;
+        md.push_str(&format!(
+            "\nThe limiter in the database, in instructions per `jeanus_rate_limit` call \
+             (counted under callgrind as `chain` counts appends; keys far below their limit, \
+             as here): {} with {} key(s), {} with {}: ≈ {} per key and ≈ {} per call \
+             besides.\n",
+            thousands(one.per_call),
+            one.keys,
+            thousands(many.per_call),
+            many.keys,
+            thousands(per_key),
+            thousands(one.per_call - per_key * one.keys as f64),
+        ));
+    }
+
     let auth_p99_ms = r.auth.iter().map(|a| a.p99_us).fold(0.0, f64::max) / 1000.0;
     let goals = [
         (
@@ -730,6 +806,7 @@ fn section(r: &Results, window: Window) -> Section {
         "seconds": window.measure.as_secs_f64(),
         "warmup_seconds": window.warmup.as_secs_f64(),
         "results": r,
+        "limiter_instructions": limiter,
         "measured_at": Utc::now(),
         "goals": goals.iter().map(|(name, measured, met)| serde_json::json!({
             "name": name, "measured": measured, "met": met,

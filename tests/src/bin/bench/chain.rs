@@ -23,7 +23,6 @@
 //!    `--skip-instructions` leave out parts 1 and 2.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +42,7 @@ use crate::append::{append_op, checkpoint, Figures, Shape};
 use crate::cpu::{self, Cpu};
 use crate::database::Scratch;
 use crate::harness::{self, Measured, Window};
-use crate::instructions::{self, Batch};
+use crate::instructions::{self, Cluster};
 use crate::report::{thousands, Section};
 use crate::Common;
 
@@ -91,14 +90,8 @@ pub struct Args {
     /// each of `--events` events).
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_INSTRUCTION_APPENDS)]
     instruction_appends: Vec<usize>,
-    /// Do not count instructions (which needs valgrind and PostgreSQL's
-    /// server programs on this machine).
-    #[arg(long)]
-    skip_instructions: bool,
-    /// PostgreSQL's server programs (initdb, pg_ctl, postgres), for the
-    /// instruction counts: by default the newest /usr/lib/postgresql/*/bin.
-    #[arg(long, env = "JEANUS_PG_BIN")]
-    pg_bin: Option<PathBuf>,
+    #[command(flatten)]
+    instructions: instructions::Options,
 }
 
 impl Default for Args {
@@ -111,8 +104,7 @@ impl Default for Args {
             append_rounds: DEFAULT_APPEND_ROUNDS,
             skip_appends: false,
             instruction_appends: DEFAULT_INSTRUCTION_APPENDS.to_vec(),
-            skip_instructions: false,
-            pg_bin: None,
+            instructions: instructions::Options::default(),
         }
     }
 }
@@ -278,10 +270,9 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
         appends?
     };
 
-    let counted = if args.skip_instructions {
-        Vec::new()
-    } else {
-        count_instructions(args).await?
+    let counted = match args.instructions.cluster().await? {
+        Some(cluster) => count_instructions(&cluster, args).await?,
+        None => Vec::new(),
     };
 
     let scratch = Scratch::create(url).await?;
@@ -293,6 +284,67 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     scratch.drop().await;
     let verified = verified?;
     Ok(section(&appends, work_us, &counted, &verified, window))
+}
+
+/// A batch whose instructions are counted: `appends` appends of `events`
+/// events each, each to a new stream of one tenant.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Batch {
+    appends: usize,
+    events: usize,
+}
+
+/// Calls the set-up of each run makes before it is measured, so that the
+/// log is not empty.
+const WARM_UP_CALLS: usize = 20;
+/// Events the measured calls hold, at least: calls differ in which B-tree
+/// pages they split, so one call is not enough.
+const EVENTS_COUNTED: usize = 200;
+/// Calls measured, at least.
+const CALLS_COUNTED: usize = 20;
+
+impl Batch {
+    fn events_per_call(&self) -> usize {
+        self.appends * self.events
+    }
+
+    /// Calls `first..first + n` of `jeanus_append` for batches of this
+    /// shape, one a line, as the event store makes them: the batch as JSON
+    /// text (the events of `append`'s scenario, each append to a new
+    /// stream), the head the log will be at (each call before appended one
+    /// batch), the tenant's tip and a hash for each event, so that a
+    /// function that takes the writer's hashes takes them. Each answers
+    /// how many appends it appended and how many with the writer's hashes.
+    fn calls(&self, shape: &Shape, first: usize, n: usize) -> anyhow::Result<String> {
+        let mut sql = String::from(
+            "prepare append(jsonb, bigint, uuid[], bytea[], bytea[]) as \
+             select count(*) as appended, count(*) filter (where writer_chained) as chained \
+             from jeanus_append($1, $2, $3, $4, $5);\n",
+        );
+        let tenant = shape.stream().tenant_id;
+        for call in first..first + n {
+            let batch: Vec<_> = (0..self.appends)
+                .map(|_| {
+                    let stream = shape.stream();
+                    let events: Vec<_> = (0..self.events).map(|_| shape.event()).collect();
+                    serde_json::json!({
+                        "tenant_id": stream.tenant_id, "stream_type": stream.stream_type,
+                        "stream_id": stream.stream_id, "expected": 0, "events": events,
+                    })
+                })
+                .collect();
+            let batch = serde_json::to_string(&batch)?.replace('\'', "''");
+            sql.push_str(&format!(
+                "execute append('{batch}', {head}, array['{tenant}'::uuid], \
+                 array['\\x{genesis}'::bytea], array_fill('\\x{hash}'::bytea, array[{total}]));\n",
+                head = call * self.events_per_call(),
+                genesis = "00".repeat(32),
+                hash = "ab".repeat(32),
+                total = self.events_per_call(),
+            ));
+        }
+        Ok(sql)
+    }
 }
 
 /// One batch's instructions in the database, with the chain and without.
@@ -312,24 +364,42 @@ impl Counted {
 
 /// Instructions per call of `jeanus_append` with the chain and without, for
 /// each batch of `--instruction-appends` appends of `--events` events.
-async fn count_instructions(args: &Args) -> anyhow::Result<Vec<Counted>> {
-    let pg_bin = match &args.pg_bin {
-        Some(dir) => dir.clone(),
-        None => newest_pg_bin()?,
-    };
+async fn count_instructions(cluster: &Cluster, args: &Args) -> anyhow::Result<Vec<Counted>> {
     let (with, without) = (
         append_function(MIGRATION_0018)?,
         unchained_append_function()?,
     );
-    let functions = [(with.as_str(), true), (without.as_str(), false)];
+    let shape = Shape::new();
     let mut counted = Vec::new();
     for &appends in &args.instruction_appends {
         for &events in &args.events {
             let batch = Batch { appends, events };
-            let figures = instructions::per_call(&pg_bin, batch, &functions).await?;
-            let [with_chain, without_chain] = figures[..] else {
-                anyhow::bail!("{} figures for two functions", figures.len());
-            };
+            let calls = |first, n| batch.calls(&shape, first, n);
+            let measured = CALLS_COUNTED.max(EVENTS_COUNTED.div_ceil(batch.events_per_call()));
+            let mut per_call = [0.0; 2];
+            for (figure, (function, takes_hashes)) in
+                per_call.iter_mut().zip([(&with, true), (&without, false)])
+            {
+                let setup = format!("{function}\n{}", calls(0, WARM_UP_CALLS)?);
+                let chained = if takes_hashes { appends } else { 0 };
+                let check = |output: &str, n: usize| {
+                    let (all, taken) = (
+                        instructions::answered(output, "appended", appends),
+                        instructions::answered(output, "chained", chained),
+                    );
+                    ensure!(
+                        all == n && taken == n,
+                        "of {n} calls, {all} appended {appends} appends and {taken} took the \
+                         writer's hashes for {chained}: {}",
+                        instructions::first_error(output)
+                    );
+                    Ok(())
+                };
+                *figure = cluster
+                    .per_call(&setup, WARM_UP_CALLS, measured, calls, check)
+                    .await?;
+            }
+            let [with_chain, without_chain] = per_call;
             let line = Counted {
                 batch,
                 with_chain,
@@ -346,22 +416,6 @@ async fn count_instructions(args: &Args) -> anyhow::Result<Vec<Counted>> {
         }
     }
     Ok(counted)
-}
-
-/// The newest `/usr/lib/postgresql/<version>/bin` holding `postgres`.
-fn newest_pg_bin() -> anyhow::Result<PathBuf> {
-    let versions = std::fs::read_dir("/usr/lib/postgresql")
-        .context("no /usr/lib/postgresql: pass --pg-bin or set JEANUS_PG_BIN")?;
-    versions
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("postgres").exists().then_some((version, bin))
-        })
-        .max_by_key(|(version, _)| *version)
-        .map(|(_, bin)| bin)
-        .context("no PostgreSQL server under /usr/lib/postgresql: pass --pg-bin")
 }
 
 /// `create or replace function jeanus_append …` as migration `sql` defines it.
