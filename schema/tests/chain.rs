@@ -657,3 +657,54 @@ async fn the_writer_keeps_its_hashes_up_to_the_first_append_it_mispredicted(pool
     }
     assert_eq!(assert_chained(&pool, written).await, 2);
 }
+
+/// Concurrent appends through one event store, some of them refused, make
+/// batches whose prediction fails part-way (migration 0018): every stored
+/// hash is still the chain's, and the writer carries on chaining.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn batches_refused_part_way_still_chain(pool: PgPool) {
+    let store = EventStore::spawn(pool.clone());
+    let tenants = [Uuid::now_v7(), Uuid::now_v7()];
+    let lead = |i: usize| event("LeadCreated", json!({ "i": i }), "2026-01-01T00:00:00Z");
+    for tenant in tenants {
+        store
+            .append(stream(tenant), ExpectedVersion::NoStream, vec![lead(0)])
+            .await
+            .expect("appended");
+    }
+    let taught = store.batches_chained_by_writer();
+
+    // Every seventh append expects a version its new stream is not at.
+    let refused = |i: usize| i % 7 == 3;
+    let appends = (0..200).map(|i| {
+        let expected = if refused(i) {
+            ExpectedVersion::Exact(5)
+        } else {
+            ExpectedVersion::NoStream
+        };
+        store.append(
+            stream(tenants[i % 2]),
+            expected,
+            vec![lead(i), lead(i + 1000)],
+        )
+    });
+    let results = futures::future::join_all(appends).await;
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.is_err(), refused(i), "append {i}: {result:?}");
+    }
+    let written = 2 + 2 * results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        store.batches_chained_by_writer() > taught,
+        "the writer chained none of the batches"
+    );
+    assert_eq!(assert_chained(&pool, written).await, 2);
+
+    // After them the writer still knows where each tenant stands.
+    let before = store.batches_chained_by_writer();
+    store
+        .append(stream(tenants[0]), ExpectedVersion::NoStream, vec![lead(9)])
+        .await
+        .expect("appended");
+    assert_eq!(store.batches_chained_by_writer(), before + 1);
+    assert_eq!(assert_chained(&pool, written + 1).await, 2);
+}
