@@ -103,11 +103,18 @@ impl Service {
     /// CPU time the process has used so far (user + system, every thread),
     /// from `/proc/<pid>/stat`; `None` once it has exited.
     pub fn cpu_time(&self) -> Option<std::time::Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.id())).ok()?;
-        cpu_ticks(&stat).map(|ticks| {
-            std::time::Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
-        })
+        cpu_time(&self.id().to_string())
     }
+}
+
+/// CPU time process `pid` ("self" for this one) has used so far (user +
+/// system, every thread), from `/proc/<pid>/stat`; `None` if there is no
+/// such process.
+pub fn cpu_time(pid: &str) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_ticks(&stat).map(|ticks| {
+        std::time::Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+    })
 }
 
 /// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock
@@ -190,6 +197,28 @@ mod tests {
             "4242 (jeanus (dispatch)) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 75 0 0 20 0 9 0";
         assert_eq!(super::cpu_ticks(stat), Some(325));
         assert_eq!(super::cpu_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_counts_the_cpu_it_uses() {
+        let before = super::cpu_time("self").expect("/proc/self/stat");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut x = 0u64;
+        loop {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+            }
+            let used = super::cpu_time("self")
+                .expect("/proc/self/stat")
+                .saturating_sub(before);
+            if used >= std::time::Duration::from_millis(20) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "30 s of spinning counted only {used:?}: /proc/self/stat misread"
+            );
+        }
     }
 
     #[test]

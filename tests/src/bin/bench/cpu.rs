@@ -9,10 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::harness::Window;
+use jeanus_tests::process::cpu_time;
 
-/// Linux's clock ticks per second for `/proc` times (`USER_HZ`).
-const TICKS_PER_S: f64 = 100.0;
+use crate::harness::Window;
 
 /// CPU time used, by whom.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,10 +53,10 @@ pub async fn now(stats: &PgPool) -> anyhow::Result<Cpu> {
     .await
     .context("failed to list PostgreSQL's processes")?;
     Ok(Cpu {
-        here: process("self").unwrap_or_default(),
+        here: cpu_time("self").unwrap_or_default(),
         postgres: pids
             .iter()
-            .filter_map(|pid| process(&pid.to_string()))
+            .filter_map(|pid| cpu_time(&pid.to_string()))
             .sum(),
     })
 }
@@ -86,42 +85,4 @@ pub fn this_thread() -> Option<Duration> {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
         .ok()
         .map(Duration::from)
-}
-
-/// User + system CPU time of process `pid` ("self" for this one).
-fn process(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(Duration::from_secs_f64(ticks / TICKS_PER_S))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_process_counts_the_cpu_it_uses() {
-        let before = process("self").expect("/proc/self/stat");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut x = 0u64;
-        loop {
-            for _ in 0..1_000_000 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
-            }
-            let used = process("self")
-                .expect("/proc/self/stat")
-                .saturating_sub(before);
-            if used >= Duration::from_millis(20) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "30 s of spinning counted only {used:?}: /proc/self/stat misread"
-            );
-        }
-    }
 }
