@@ -157,18 +157,6 @@ pub struct Unplaced {
 }
 
 impl Unplaced {
-    /// `event`'s pieces; its `position` and `stream_version` are ignored.
-    pub fn new(event: &CanonicalEvent<'_>) -> Self {
-        let mut before_position = Vec::with_capacity(128 + event.data.len() + event.metadata.len());
-        write_before_position(event, &mut before_position);
-        let mut before_version = Vec::with_capacity(160);
-        write_before_version(event, &mut before_version);
-        Self {
-            before_position,
-            before_version,
-        }
-    }
-
     /// The pieces of `event`, appended to stream `stream_id` of type
     /// `stream_type`, if its payloads' `jsonb` text is certain (see
     /// [`write_jsonb_text`]). The payloads are printed straight into the
@@ -400,12 +388,25 @@ mod tests {
 
     #[test]
     fn an_unplaced_event_links_as_its_canonical_bytes_do() {
-        let event = sample(r#"{"b": 1.50, "a": "\u0001"}"#, "Lead\"Odd");
-        let unplaced = Unplaced::new(&CanonicalEvent {
-            position: 0,
-            stream_version: 0,
-            ..event
-        });
+        let key_id = Uuid::parse_str("0193a7c6-8b4e-7c1d-9e2f-0a1b2c3d4e52").expect("uuid");
+        let metadata = r#"{"key_id": "0193a7c6-8b4e-7c1d-9e2f-0a1b2c3d4e52", "request_id": "r"}"#;
+        let event = CanonicalEvent {
+            metadata,
+            ..sample(r#"{"a": "\u0001", "b": 1.5}"#, "Lead\"Odd")
+        };
+        let new = NewEvent {
+            id: event.id,
+            event_type: "Lead\"Odd",
+            schema_version: event.schema_version,
+            occurred_at: event.occurred_at,
+            metadata: Metadata {
+                request_id: Some("r".into()),
+                key_id: Some(key_id),
+            },
+            data: serde_json::json!({ "b": 1.5, "a": "\u{1}" }),
+        };
+        let unplaced =
+            Unplaced::of(event.stream_type, event.stream_id, &new).expect("certain jsonb text");
         let prev = next_hash(&GENESIS, b"before");
         assert_eq!(
             unplaced.link(&prev, event.position, event.stream_version),
