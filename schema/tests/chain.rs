@@ -424,7 +424,8 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
         batch.push(one(expected));
         serde_json::Value::Array(batch)
     };
-    // Each: (head, tenants, seeds, hashes) as sent, a batch with a conflict?
+    // Each: (head, tenants, seeds, hashes) as sent; whether each append's
+    // hashes are the writer's.
     let call = |batch: serde_json::Value,
                 head: i64,
                 tenants: Vec<Uuid>,
@@ -432,34 +433,12 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
                 hashes: Vec<Vec<u8>>| {
         let pool = pool.clone();
         async move {
-            let chained: Vec<Option<bool>> = sqlx::query_scalar(
-                "select writer_chained from jeanus_append($1, $2, $3, $4, $5) order by idx",
-            )
-            .bind(sqlx::types::Json(batch))
-            .bind(head)
-            .bind(tenants)
-            .bind(seeds)
-            .bind(hashes)
-            .fetch_all(&pool)
-            .await
-            .expect("appended");
-            chained
+            append_directly(&pool, batch, head, tenants, seeds, hashes)
+                .await
+                .iter()
+                .map(|a| a.writer_chained)
+                .collect::<Vec<_>>()
         }
-    };
-    let tip = |pool: PgPool| async move {
-        let head: i64 = sqlx::query_scalar("select position from event_log_head")
-            .fetch_one(&pool)
-            .await
-            .expect("the head");
-        let seed: Option<Vec<u8>> = sqlx::query_scalar(
-            "select hash from events where tenant_id = $1 order by position desc limit 1",
-        )
-        .bind(tenant)
-        .fetch_optional(&pool)
-        .await
-        .expect("the tenant's last hash");
-        let seed = seed.unwrap_or_else(|| GENESIS.to_vec());
-        (head, seed)
     };
 
     // Each case bends the right prediction one way, on a log that grows by
@@ -483,9 +462,9 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
         ("an append refused: positions moved", 0, Tip::Right, 2, true),
     ];
     for (why, off, sent, hashes, conflict) in cases {
-        let (head, seed) = tip(pool.clone()).await;
+        let (head, seed) = head_and_tip(&pool, tenant).await;
         let (tenants, seeds) = match sent {
-            Tip::Right => (vec![tenant], vec![seed]),
+            Tip::Right => (vec![tenant], vec![seed.to_vec()]),
             Tip::None => (vec![], vec![]),
         };
         let answer = call(
@@ -502,12 +481,12 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
 
     // The prediction holds: the writer's hash is stored as sent. The
     // database trusts its one caller here; `verify` is what checks them.
-    let (head, seed) = tip(pool.clone()).await;
+    let (head, seed) = head_and_tip(&pool, tenant).await;
     let answer = call(
         append(0, false),
         head,
         vec![tenant],
-        vec![seed],
+        vec![seed.to_vec()],
         vec![bogus.clone()],
     )
     .await;
@@ -523,7 +502,7 @@ async fn the_database_chains_a_batch_the_writer_mispredicted(pool: PgPool) {
     // vouches for it, since a writer learns tips only from an unbroken run
     // of its own batches. A wrong one is that writer's bug, stored as sent
     // like a wrong hash, and `verify` names it.
-    let (head, _) = tip(pool.clone()).await;
+    let (head, _) = head_and_tip(&pool, tenant).await;
     let answer = call(
         append(0, false),
         head,
@@ -541,6 +520,51 @@ struct Answer {
     writer_chained: Option<bool>,
     last_position: Option<i64>,
     last_hash: Option<Vec<u8>>,
+}
+
+/// `jeanus_append` called as a writer would, with `batch` and the
+/// prediction sent with it (the head expected, each tenant chained with the
+/// tip it was chained from, one hash per event): each append's answer, in
+/// batch order.
+async fn append_directly(
+    pool: &PgPool,
+    batch: serde_json::Value,
+    head: i64,
+    tenants: Vec<Uuid>,
+    seeds: Vec<Vec<u8>>,
+    hashes: Vec<Vec<u8>>,
+) -> Vec<Answer> {
+    sqlx::query_as(
+        "select writer_chained, last_position, last_hash
+           from jeanus_append($1, $2, $3, $4, $5) order by idx",
+    )
+    .bind(sqlx::types::Json(batch))
+    .bind(head)
+    .bind(tenants)
+    .bind(seeds)
+    .bind(hashes)
+    .fetch_all(pool)
+    .await
+    .expect("appended")
+}
+
+/// The log's head, and the hash `tenant`'s next event chains from.
+async fn head_and_tip(pool: &PgPool, tenant: Uuid) -> (i64, Hash) {
+    let head: i64 = sqlx::query_scalar("select position from event_log_head")
+        .fetch_one(pool)
+        .await
+        .expect("the head");
+    let tip: Option<Vec<u8>> = sqlx::query_scalar(
+        "select hash from events where tenant_id = $1 order by position desc limit 1",
+    )
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await
+    .expect("the tenant's last hash");
+    let tip = tip.map_or(GENESIS, |hash| {
+        Hash::try_from(hash.as_slice()).expect("32 bytes")
+    });
+    (head, tip)
 }
 
 /// Migration 0018: in a batch the writer predicted only in part, the
@@ -586,18 +610,7 @@ async fn the_writer_keeps_its_hashes_up_to_the_first_append_it_mispredicted(pool
     ];
     for (why, appends, refused_at) in cases {
         let appends = appends.map(|(tenant, i)| (stream(tenant), lead(i)));
-        let head: i64 = sqlx::query_scalar("select position from event_log_head")
-            .fetch_one(&pool)
-            .await
-            .expect("the head");
-        let tip: Vec<u8> = sqlx::query_scalar(
-            "select hash from events where tenant_id = $1 order by position desc limit 1",
-        )
-        .bind(known)
-        .fetch_one(&pool)
-        .await
-        .expect("the tip");
-        let tip = Hash::try_from(tip.as_slice()).expect("32 bytes");
+        let (head, tip) = head_and_tip(&pool, known).await;
         // The writer's first hash is right; the others it would compute
         // from positions or tips that do not hold, and must not be stored.
         let (first_stream, first_event) = &appends[0];
@@ -614,18 +627,15 @@ async fn the_writer_keeps_its_hashes_up_to_the_first_append_it_mispredicted(pool
             batch.insert(at, duplicate.clone());
             hashes.push(bogus.clone());
         }
-        let answer: Vec<Answer> = sqlx::query_as(
-            "select writer_chained, last_position, last_hash
-               from jeanus_append($1, $2, $3, $4, $5) order by idx",
+        let answer = append_directly(
+            &pool,
+            serde_json::Value::Array(batch),
+            head,
+            vec![known],
+            vec![tip.to_vec()],
+            hashes,
         )
-        .bind(sqlx::types::Json(serde_json::Value::Array(batch)))
-        .bind(head)
-        .bind(vec![known])
-        .bind(vec![tip.to_vec()])
-        .bind(hashes)
-        .fetch_all(&pool)
-        .await
-        .expect("appended");
+        .await;
         written += appends.len();
 
         let chained: Vec<Option<bool>> = answer.iter().map(|a| a.writer_chained).collect();
