@@ -376,11 +376,12 @@ async fn count_instructions(cluster: &Cluster, args: &Args) -> anyhow::Result<Ve
             let batch = Batch { appends, events };
             let calls = |first, n| batch.calls(&shape, first, n);
             let measured = CALLS_COUNTED.max(EVENTS_COUNTED.div_ceil(batch.events_per_call()));
+            let warm_up = calls(0, WARM_UP_CALLS)?;
             let mut per_call = [0.0; 2];
             for (figure, (function, takes_hashes)) in
                 per_call.iter_mut().zip([(&with, true), (&without, false)])
             {
-                let setup = format!("{function}\n{}", calls(0, WARM_UP_CALLS)?);
+                let setup = format!("{function}\n{warm_up}");
                 let chained = if takes_hashes { appends } else { 0 };
                 let check = |output: &str, n: usize| {
                     let (all, taken) = (
