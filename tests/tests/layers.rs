@@ -1,7 +1,8 @@
 //! The layers on every `/api/v1` request, end to end against real servers:
 //! authentication (every 401), scopes (403 `missing_scope`), the IP
 //! allowlist (directly and through proxies), the global rate limit (headers,
-//! exactness across instances, never refusing a client under the limit),
+//! exactness across instances, never refusing a client under the limit, a
+//! write beyond it never running),
 //! revocation across instances, the audit log (entries for 2xx, 401, 403 and
 //! 429, and none missing after SIGKILL), and what happens when their
 //! PostgreSQL tables fail.
@@ -426,6 +427,65 @@ async fn the_limit_is_exact_across_three_instances_under_a_tenfold_burst(pool: P
         a.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
         assert!(a.number("retry-after") >= 1);
     }
+
+    stack.shutdown().await;
+}
+
+/// Beyond the limit a write is refused before its handler runs, so nothing
+/// is appended; a refused read and a refused write are answered and audited
+/// alike.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn beyond_the_limit_a_write_never_runs(pool: PgPool) {
+    let env = TestEnv::new(pool.clone()).await;
+    let stack = spawn_stack(&env).await;
+    let tenant = stack.create_tenant("Acme").await;
+    let key = key_with(
+        &stack,
+        tenant,
+        &["write"],
+        json!({ "rate_limit_per_minute": 2 }),
+    )
+    .await;
+    let create = |name: &str| {
+        answer(
+            stack
+                .with_key(Method::POST, "/api/v1/leads", &key.key)
+                .json(&json!({ "name": name })),
+        )
+    };
+    let leads_created = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from events where event_type = 'LeadCreated' and tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&pool)
+        .await
+        .expect("count the lead events")
+    };
+
+    let read = me(&stack, &key.key).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.number("x-ratelimit-remaining"), 1);
+    let written = create("First").await;
+    assert_eq!(written.status, StatusCode::CREATED, "{written:?}");
+    assert_eq!(written.number("x-ratelimit-remaining"), 0);
+    assert_eq!(leads_created().await, 1);
+
+    let write = create("Beyond").await;
+    let read = me(&stack, &key.key).await;
+    for refused in [&write, &read] {
+        refused.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+        assert!((58..=60).contains(&refused.number("retry-after")));
+        assert_eq!(refused.number("x-ratelimit-remaining"), 0);
+        let (status, code): (i16, Option<String>) =
+            sqlx::query_as("select status, error_code from audit_log where request_id = $1")
+                .bind(refused.request_id())
+                .fetch_one(&pool)
+                .await
+                .expect("the refusal is audited");
+        assert_eq!((status, code.as_deref()), (429, Some("rate_limited")));
+    }
+    assert_eq!(leads_created().await, 1, "the refused write ran");
 
     stack.shutdown().await;
 }
