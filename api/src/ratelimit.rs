@@ -9,7 +9,9 @@
 //! in the window, and O(log n) slots when it has left, however long the key
 //! was idle: `jeanus_rate_limit` in
 //! `schema/migrations/0013_rate_limit_set_based.sql` has the details, and
-//! `0014_rate_limit_one_statement.sql` its common case in one statement. Every
+//! `0014_rate_limit_one_statement.sql` its common case in one statement;
+//! `0019_rate_limit_per_key.sql` takes each key of a batch once, with its
+//! count of spends, and [`answers`] works out each request's answer. Every
 //! instance funnels its decisions through one [`Batcher`]: one round trip
 //! for all the requests that arrived meanwhile. Time is PostgreSQL's clock,
 //! the one clock every instance shares.
@@ -21,6 +23,7 @@
 //! starts empty, which lets a key make at most one extra window's worth of
 //! requests once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,53 +147,72 @@ impl RateLimiter {
     }
 }
 
+/// One key's row of [`DECIDE`].
 #[derive(sqlx::FromRow)]
 struct Decision {
     idx: i64,
-    allowed: bool,
-    remaining: i32,
+    /// Requests the key may still spend in its window before this batch's.
+    room: i32,
+    /// Once the room is spent, how long until a request is next free.
     reset_after_ms: i64,
     now_ms: i64,
 }
 
-/// The statement that decides a batch, its parameters `$1`–`$4` (see
-/// [`Asked::bind`]).
-const DECIDE: &str = "select idx, allowed, remaining, reset_after_ms, now_ms \
-                                 from jeanus_rate_limit($1, $2, $3, $4)";
+/// The statement that decides a batch, one row per key, its parameters
+/// `$1`–`$4` (see [`Asked::add_to`]).
+const DECIDE: &str = "select idx, room, reset_after_ms, now_ms \
+                        from jeanus_rate_limit_keys($1, $2, $3, $4)";
 
-/// A batch of asks as the columns `jeanus_rate_limit` takes.
+/// A batch of asks as the columns `jeanus_rate_limit_keys` takes: each key
+/// once (in the order of its first ask), with its newest limit and how
+/// many of its asks spend quota; and each ask's key.
 struct Asked {
     key_ids: Vec<Uuid>,
     limits: Vec<i32>,
-    consume: Vec<bool>,
+    spends: Vec<i32>,
+    /// For each ask, its key's index in `key_ids`.
+    key_of: Vec<usize>,
     window_ms: i64,
 }
 
 impl Asked {
     fn of(asks: &[Ask], window: Duration) -> Self {
-        Self {
-            key_ids: asks.iter().map(|a| a.key_id).collect(),
+        let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(asks.len());
+        let mut asked = Self {
+            key_ids: Vec::new(),
+            limits: Vec::new(),
+            spends: Vec::new(),
+            key_of: Vec::with_capacity(asks.len()),
+            window_ms: window_ms(window),
+        };
+        for ask in asks {
+            let k = *index.entry(ask.key_id).or_insert_with(|| {
+                asked.key_ids.push(ask.key_id);
+                asked.limits.push(0);
+                asked.spends.push(0);
+                asked.key_ids.len() - 1
+            });
             // A limit of 0 would be a ring of no slots: such a key is
             // refused outright (see `answers`; minting refuses 0 anyway).
-            limits: asks
-                .iter()
-                .map(|a| i32::try_from(a.limit.max(1)).unwrap_or(i32::MAX))
-                .collect(),
-            consume: asks
-                .iter()
-                .map(|a| a.consume == Consume::Yes && a.limit > 0)
-                .collect(),
-            window_ms: window_ms(window),
+            asked.limits[k] = i32::try_from(ask.limit.max(1)).unwrap_or(i32::MAX);
+            asked.spends[k] += i32::from(spends(ask));
+            asked.key_of.push(k);
         }
+        asked
     }
 
     /// Adds `$1`–`$4` of [`DECIDE`].
     fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
         args.add(&self.key_ids)?;
         args.add(&self.limits)?;
-        args.add(&self.consume)?;
+        args.add(&self.spends)?;
         args.add(self.window_ms)
     }
+}
+
+/// Whether `ask` spends a request of its key's quota.
+fn spends(ask: &Ask) -> bool {
+    ask.consume == Consume::Yes && ask.limit > 0
 }
 
 pub(crate) fn window_ms(window: Duration) -> i64 {
@@ -221,62 +243,65 @@ pub(crate) async fn decide(
         }
         ok => ok,
     };
-    answers(asks, rows, window)
+    match rows {
+        Ok(rows) => answers(asks, &asked, rows, window),
+        Err(e) => fail_all(asks.len(), e),
+    }
 }
 
-/// Each ask's quota from the rows of [`DECIDE`].
+/// Each ask's quota from its key's row of [`DECIDE`], in the asks' order:
+/// of a key's asks that spend, the first `room` are accepted; an ask that
+/// only reads is allowed while room is left after the spends before it.
 fn answers(
     asks: &[Ask],
-    rows: Result<Vec<Decision>, sqlx::Error>,
+    asked: &Asked,
+    rows: Vec<Decision>,
     window: Duration,
 ) -> Vec<Result<Quota, LimiterError>> {
-    let window_ms = window_ms(window);
-    let rows = match rows {
-        Ok(rows) if rows.len() == asks.len() => rows,
-        Ok(rows) => {
-            let e = sqlx::Error::Protocol(format!(
-                "jeanus_rate_limit answered {} of {} requests",
-                rows.len(),
-                asks.len()
-            ));
-            return fail_all(asks.len(), e);
-        }
-        Err(e) => return fail_all(asks.len(), e),
-    };
-    let mut answers: Vec<Option<Result<Quota, LimiterError>>> = vec![None; asks.len()];
+    let mut by_key: Vec<Option<Decision>> = Vec::new();
+    by_key.resize_with(asked.key_ids.len(), || None);
     for row in rows {
-        let Some(i) = usize::try_from(row.idx - 1)
+        if let Some(slot) = usize::try_from(row.idx - 1)
             .ok()
-            .filter(|&i| i < asks.len())
-        else {
-            continue;
-        };
-        let ask = &asks[i];
-        let quota = if ask.limit == 0 {
-            Quota {
-                limit: 0,
-                allowed: false,
-                remaining: 0,
-                now_ms: row.now_ms,
-                reset_after_ms: window_ms,
-                window,
-            }
-        } else {
-            Quota {
-                limit: ask.limit,
-                allowed: row.allowed,
-                remaining: u32::try_from(row.remaining).unwrap_or(0),
-                now_ms: row.now_ms,
-                reset_after_ms: row.reset_after_ms,
-                window,
-            }
-        };
-        answers[i] = Some(Ok(quota));
+            .and_then(|k| by_key.get_mut(k))
+        {
+            *slot = Some(row);
+        }
     }
-    answers
-        .into_iter()
-        .map(|a| {
-            a.unwrap_or_else(|| Err(LimiterError::Database(Arc::new(sqlx::Error::RowNotFound))))
+    let Some(by_key) = by_key.into_iter().collect::<Option<Vec<Decision>>>() else {
+        let e = sqlx::Error::Protocol(format!(
+            "jeanus_rate_limit_keys did not answer every one of {} keys",
+            asked.key_ids.len()
+        ));
+        return fail_all(asks.len(), e);
+    };
+    let window_ms = window_ms(window);
+    let mut spent = vec![0_i64; by_key.len()];
+    asks.iter()
+        .zip(&asked.key_of)
+        .map(|(ask, &k)| {
+            let row = &by_key[k];
+            if ask.limit == 0 {
+                return Ok(Quota {
+                    limit: 0,
+                    allowed: false,
+                    remaining: 0,
+                    now_ms: row.now_ms,
+                    reset_after_ms: window_ms,
+                    window,
+                });
+            }
+            let spend = i64::from(spends(ask));
+            spent[k] += spend;
+            let left = i64::from(row.room) - spent[k];
+            Ok(Quota {
+                limit: ask.limit,
+                allowed: spent[k] - spend < i64::from(row.room),
+                remaining: u32::try_from(left.max(0)).unwrap_or(0),
+                now_ms: row.now_ms,
+                reset_after_ms: if left > 0 { 0 } else { row.reset_after_ms },
+                window,
+            })
         })
         .collect()
 }
@@ -375,6 +400,81 @@ mod tests {
         assert_eq!(q.reset_unix(), 1_700_000_000);
         assert_eq!(q.reset_seconds(), 0);
         assert_eq!(q.retry_after(), 1, "Retry-After is never 0");
+    }
+
+    fn ask(key_id: Uuid, limit: u32, consume: Consume) -> Ask {
+        Ask {
+            key_id,
+            limit,
+            consume,
+        }
+    }
+
+    fn row(idx: i64, room: i32) -> Decision {
+        Decision {
+            idx,
+            room,
+            reset_after_ms: 42_000,
+            now_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// What `jeanus_rate_limit` answered per request before 0019 (see
+    /// `tests/tests/rate_limit.rs`, `refusals_and_reads_spend_nothing`),
+    /// now worked out from the key's room.
+    #[test]
+    fn each_request_is_answered_from_its_keys_room_in_order() {
+        let (a, b, zero) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let asks = vec![
+            ask(a, 2, Consume::No),
+            ask(a, 2, Consume::Yes),
+            ask(b, 5, Consume::Yes),
+            ask(a, 2, Consume::No),
+            ask(a, 2, Consume::Yes),
+            ask(zero, 0, Consume::Yes),
+            ask(a, 2, Consume::Yes),
+            ask(a, 2, Consume::No),
+        ];
+        let window = Duration::from_secs(60);
+        let asked = Asked::of(&asks, window);
+        assert_eq!(asked.key_ids, vec![a, b, zero]);
+        assert_eq!(
+            asked.spends,
+            vec![3, 1, 0],
+            "reads and a limit of 0 spend nothing"
+        );
+        assert_eq!(asked.limits, vec![2, 5, 1]);
+        let rows = vec![row(3, 1), row(1, 2), row(2, 5)];
+        let got: Vec<(bool, u32, i64)> = answers(&asks, &asked, rows, window)
+            .into_iter()
+            .map(|q| {
+                let q = q.expect("answered");
+                (q.allowed, q.remaining, q.reset_after_ms)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (true, 2, 0),
+                (true, 1, 0),
+                (true, 4, 0),
+                (true, 1, 0),
+                (true, 0, 42_000),
+                (false, 0, 60_000),
+                (false, 0, 42_000),
+                (false, 0, 42_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_left_unanswered_fails_the_batch() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let asks = vec![ask(a, 3, Consume::Yes), ask(b, 3, Consume::Yes)];
+        let window = Duration::from_secs(60);
+        let asked = Asked::of(&asks, window);
+        let answered = answers(&asks, &asked, vec![row(1, 3)], window);
+        assert!(answered.iter().all(Result::is_err));
     }
 
     #[test]

@@ -276,21 +276,156 @@ async fn concurrent_batches_on_shared_keys_accept_exactly_the_limit(db: PgPool) 
             accepted
         });
     }
+    // 320 requests per key within one window: exactly `limit` accepted.
+    assert_each_key_took_exactly(&db, tasks, &keys, limit).await;
+}
+
+/// The deciding tasks' acceptances, summed per key, are exactly `limit`
+/// for each of `keys`, and so is each key's stored count.
+async fn assert_each_key_took_exactly(
+    db: &PgPool,
+    mut tasks: tokio::task::JoinSet<HashMap<Uuid, i32>>,
+    keys: &[Uuid],
+    limit: i32,
+) {
     let mut accepted: HashMap<Uuid, i32> = HashMap::new();
     while let Some(joined) = tasks.join_next().await {
         for (key, n) in joined.expect("a deciding task") {
             *accepted.entry(key).or_default() += n;
         }
     }
-    // 320 requests per key within one window: exactly `limit` accepted.
-    for key in &keys {
+    for key in keys {
         assert_eq!(accepted.get(key), Some(&limit), "key {key}");
         let stored: i64 =
             sqlx::query_scalar("select accepted from rate_limit_state where key_id = $1")
                 .bind(key)
-                .fetch_one(&db)
+                .fetch_one(db)
                 .await
                 .expect("the key has a state row");
         assert_eq!(stored, i64::from(limit));
     }
+}
+
+// ---- one row per key (migration 0019) ---------------------------------------
+
+#[derive(Debug, sqlx::FromRow)]
+struct KeyDecision {
+    idx: i64,
+    room: i32,
+    reset_after_ms: i64,
+    now_ms: i64,
+}
+
+/// `jeanus_rate_limit_keys` for `keys` (each once): (key, limit, spends).
+async fn decide_keys(db: &PgPool, keys: &[(Uuid, i32, i32)], window_ms: i64) -> Vec<KeyDecision> {
+    let rows: Vec<KeyDecision> = sqlx::query_as(
+        "select idx, room, reset_after_ms, now_ms from jeanus_rate_limit_keys($1, $2, $3, $4)",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+    .bind(window_ms)
+    .fetch_all(db)
+    .await
+    .expect("jeanus_rate_limit_keys runs");
+    let order: Vec<i64> = rows.iter().map(|r| r.idx).collect();
+    assert_eq!(
+        order,
+        (1..=keys.len() as i64).collect::<Vec<_>>(),
+        "one row per key, in order"
+    );
+    rows
+}
+
+/// Each key's room against the model of the exact window, over random
+/// batches (spends of 0 to 3 per key, limits of 1 to 6, sleeps across the
+/// window's edge), through the general path (new keys, a changed limit,
+/// windows to advance) and the one-statement path alike.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn per_key_rooms_agree_with_the_exact_sliding_window(db: PgPool) {
+    let mut rng = StdRng::seed_from_u64(0x0019_6b65_7973);
+    let keys: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let mut limits: HashMap<Uuid, i32> = keys.iter().map(|k| (*k, rng.gen_range(1..=6))).collect();
+    // Per key: its limit and the times of the requests it had accepted.
+    let mut accepted: HashMap<Uuid, (i32, Vec<i64>)> = HashMap::new();
+    let (mut judged, mut full) = (0, 0);
+    for batch_no in 0..120 {
+        if batch_no == 60 {
+            limits.insert(keys[0], 3);
+        }
+        let mut batch: Vec<(Uuid, i32, i32)> = Vec::new();
+        for key in &keys {
+            if rng.gen_bool(0.7) {
+                batch.push((*key, limits[key], rng.gen_range(0..=3)));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let decisions = decide_keys(&db, &batch, WINDOW_MS).await;
+        for ((key, limit, spends), d) in batch.iter().zip(&decisions) {
+            let entry = accepted.entry(*key).or_insert((*limit, Vec::new()));
+            if entry.0 != *limit {
+                *entry = (*limit, Vec::new());
+            }
+            let times = &mut entry.1;
+            let cutoff = d.now_ms - WINDOW_MS;
+            let in_window = times.iter().filter(|&&t| t > cutoff).count() as i32;
+            if !times.iter().any(|&t| (t - cutoff).abs() <= EDGE_MS) {
+                assert_eq!(d.room, limit - in_window, "batch {batch_no}: room of {key}");
+                if d.room <= *spends {
+                    let oldest = times.iter().copied().filter(|&t| t > cutoff).min();
+                    let expected = oldest.unwrap_or(d.now_ms) + WINDOW_MS - d.now_ms;
+                    assert!(
+                        (d.reset_after_ms - expected).abs() <= EDGE_MS,
+                        "batch {batch_no}: reset after {} ms, expected about {expected}",
+                        d.reset_after_ms
+                    );
+                    full += 1;
+                }
+                judged += 1;
+            }
+            let take = (*spends).min(d.room.max(0));
+            times.extend(std::iter::repeat_n(d.now_ms, take as usize));
+            let recent = times
+                .iter()
+                .filter(|&&t| t > d.now_ms - WINDOW_MS + EDGE_MS)
+                .count();
+            assert!(
+                recent as i32 <= *limit,
+                "batch {batch_no}: {recent} accepted, limit {limit}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
+    }
+    assert!(judged > 200, "only {judged} rooms were judged");
+    assert!(full > 30, "only {full} keys ran out of room");
+}
+
+/// Batches of the same keys from several connections at once, as from
+/// several api instances: exactly the limit is accepted per key.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn concurrent_per_key_batches_accept_exactly_the_limit(db: PgPool) {
+    let keys: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let limit = 50;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..4 {
+        let (db, keys) = (db.clone(), keys.clone());
+        tasks.spawn(async move {
+            let mut taken: HashMap<Uuid, i32> = HashMap::new();
+            for batch_no in 0..40 {
+                let batch: Vec<(Uuid, i32, i32)> = keys
+                    .iter()
+                    .map(|k| (*k, limit, (task + batch_no) % 3))
+                    .collect();
+                for ((key, _, spends), d) in
+                    batch.iter().zip(decide_keys(&db, &batch, 60_000).await)
+                {
+                    *taken.entry(*key).or_default() += (*spends).min(d.room.max(0));
+                }
+            }
+            taken
+        });
+    }
+    assert_each_key_took_exactly(&db, tasks, &keys, limit).await;
 }

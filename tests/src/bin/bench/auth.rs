@@ -169,13 +169,13 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
     Ok(section(&results, &limiter, window))
 }
 
-/// Keys per `jeanus_rate_limit` call whose instructions are counted: one,
+/// Keys per `jeanus_rate_limit_keys` call whose instructions are counted: one,
 /// and a batch as this scenario's load makes them.
 const LIMITER_KEYS: [usize; 2] = [1, 32];
 const LIMITER_WARM_UP: usize = 20;
 const LIMITER_MEASURED: usize = 40;
 
-/// Instructions per call of `jeanus_rate_limit` for `keys` keys, each
+/// Instructions per call of `jeanus_rate_limit_keys` for `keys` keys, each
 /// spending one request far below its limit: this scenario's common case.
 #[derive(Debug, Serialize)]
 struct LimiterCounted {
@@ -191,8 +191,8 @@ async fn count_limiter(cluster: &Cluster) -> anyhow::Result<Vec<LimiterCounted>>
     for keys in LIMITER_KEYS {
         let prepare = format!(
             "prepare decide as select count(*) as decided from limiter_keys, \
-             jeanus_rate_limit(k, array_fill({BENCH_RATE_LIMIT}, array[{keys}]), \
-             array_fill(true, array[{keys}]), 60000);\n"
+             jeanus_rate_limit_keys(k, array_fill({BENCH_RATE_LIMIT}, array[{keys}]), \
+             array_fill(1, array[{keys}]), 60000);\n"
         );
         let calls = |_, n: usize| Ok(format!("{prepare}{}", "execute decide;\n".repeat(n)));
         let setup = format!(
@@ -213,7 +213,7 @@ async fn count_limiter(cluster: &Cluster) -> anyhow::Result<Vec<LimiterCounted>>
             .per_call(&setup, LIMITER_WARM_UP, LIMITER_MEASURED, calls, check)
             .await?;
         eprintln!(
-            "auth: instructions per jeanus_rate_limit call, keys {keys}: {}",
+            "auth: instructions per jeanus_rate_limit_keys call, keys {keys}: {}",
             thousands(per_call)
         );
         counted.push(LimiterCounted { keys, per_call });
@@ -694,7 +694,7 @@ fn section(r: &Results, limiter: &[LimiterCounted], window: Window) -> Section {
          closed loop on the same machine, {} s measured after {} s warm-up. `GET /healthz` \
          passes no layer but request id, trace and timeout; `GET /api/v1/me` passes all: \
          authentication (key cache), scope, IP allowlist, the global rate limit (one \
-         `jeanus_rate_limit` call per batch of requests) and the audit entry (one group \
+         `jeanus_rate_limit_keys` call per batch of requests) and the audit entry (one group \
          commit per batch), each client with its own key.\n\n",
         r.clients,
         window.measure.as_secs_f64(),
@@ -761,7 +761,7 @@ fn section(r: &Results, limiter: &[LimiterCounted], window: Window) -> Section {
     if let [one, .., many] = limiter {
         let per_key = (many.per_call - one.per_call) / (many.keys - one.keys) as f64;
         md.push_str(&format!(
-            "\nThe limiter in the database, in instructions per `jeanus_rate_limit` call \
+            "\nThe limiter in the database, in instructions per `jeanus_rate_limit_keys` call \
              (counted under callgrind as `chain` counts appends; keys far below their limit, \
              as here): {} with {} key(s), {} with {}: ≈ {} per key and ≈ {} per call \
              besides.\n",
