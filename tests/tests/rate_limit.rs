@@ -59,26 +59,40 @@ struct Model {
     keys: HashMap<Uuid, (i32, Vec<i64>)>,
 }
 
+/// What the model expects of a key's window at a decision's time.
+struct Window {
+    /// Accepted requests inside the window.
+    in_window: i32,
+    /// One of them is too close to the window's edge to judge by.
+    near_edge: bool,
+    /// Once the window is full, how long until a request is next free.
+    reset_after_ms: i64,
+}
+
 impl Model {
+    /// The times `key` had accepted under `limit`: a changed limit starts
+    /// the key over.
+    fn times(&mut self, key: Uuid, limit: i32) -> &mut Vec<i64> {
+        let entry = self.keys.entry(key).or_insert((limit, Vec::new()));
+        if entry.0 != limit {
+            *entry = (limit, Vec::new());
+        }
+        &mut entry.1
+    }
+
     /// Checks one decision; returns false when the request was too close to
     /// the window's edge to judge (its acceptance is then taken as decided).
     fn check(&mut self, key: Uuid, limit: i32, spend: bool, d: &Decision, what: &str) -> bool {
-        let entry = self.keys.entry(key).or_insert((limit, Vec::new()));
-        if entry.0 != limit {
-            // A changed limit starts the key over.
-            *entry = (limit, Vec::new());
-        }
-        let times = &mut entry.1;
-        let cutoff = d.now_ms - WINDOW_MS;
-        let near_edge = times.iter().any(|&t| (t - cutoff).abs() <= EDGE_MS);
-        let in_window = times.iter().filter(|&&t| t > cutoff).count() as i32;
-        if !near_edge {
-            let allowed = in_window < limit;
+        let times = self.times(key, limit);
+        let w = window(times, d.now_ms);
+        if !w.near_edge {
+            let allowed = w.in_window < limit;
             assert_eq!(
                 d.allowed, allowed,
-                "{what}: allowed with {in_window} of {limit} in the window"
+                "{what}: allowed with {} of {limit} in the window",
+                w.in_window
             );
-            let after = in_window + i32::from(allowed && spend);
+            let after = w.in_window + i32::from(allowed && spend);
             assert_eq!(d.remaining, limit - after, "{what}: remaining");
             if d.remaining > 0 {
                 assert_eq!(
@@ -86,35 +100,52 @@ impl Model {
                     "{what}: nothing to wait for while some remain"
                 );
             } else {
-                let oldest = times
-                    .iter()
-                    .copied()
-                    .filter(|&t| t > cutoff)
-                    .min()
-                    .unwrap_or(d.now_ms);
-                let expected = oldest + WINDOW_MS - d.now_ms;
-                assert!(
-                    (d.reset_after_ms - expected).abs() <= EDGE_MS,
-                    "{what}: reset after {} ms, expected about {expected}",
-                    d.reset_after_ms
-                );
+                assert_reset(d.reset_after_ms, &w, what);
             }
         }
-        if d.allowed && spend {
-            times.push(d.now_ms);
-        }
-        // Safety, whatever the edge: never more than the limit in a window.
-        let last = times.last().copied().unwrap_or(d.now_ms);
-        let recent = times
-            .iter()
-            .filter(|&&t| t > last - WINDOW_MS + EDGE_MS)
-            .count() as i32;
-        assert!(
-            recent <= limit,
-            "{what}: {recent} accepted within one window, limit {limit}"
+        accept(
+            times,
+            d.now_ms,
+            usize::from(d.allowed && spend),
+            limit,
+            what,
         );
-        !near_edge
+        !w.near_edge
     }
+}
+
+/// The model's window over `times` at `now_ms`.
+fn window(times: &[i64], now_ms: i64) -> Window {
+    let cutoff = now_ms - WINDOW_MS;
+    let inside = times.iter().copied().filter(|&t| t > cutoff);
+    Window {
+        in_window: inside.clone().count() as i32,
+        near_edge: times.iter().any(|&t| (t - cutoff).abs() <= EDGE_MS),
+        reset_after_ms: inside.min().unwrap_or(now_ms) + WINDOW_MS - now_ms,
+    }
+}
+
+fn assert_reset(reset_after_ms: i64, w: &Window, what: &str) {
+    assert!(
+        (reset_after_ms - w.reset_after_ms).abs() <= EDGE_MS,
+        "{what}: reset after {reset_after_ms} ms, expected about {}",
+        w.reset_after_ms
+    );
+}
+
+/// Records `n` requests accepted at `now_ms`; then checks the safety,
+/// whatever the edge: never more than the limit in a window.
+fn accept(times: &mut Vec<i64>, now_ms: i64, n: usize, limit: i32, what: &str) {
+    times.extend(std::iter::repeat_n(now_ms, n));
+    let last = times.last().copied().unwrap_or(now_ms);
+    let recent = times
+        .iter()
+        .filter(|&&t| t > last - WINDOW_MS + EDGE_MS)
+        .count() as i32;
+    assert!(
+        recent <= limit,
+        "{what}: {recent} accepted within one window, limit {limit}"
+    );
 }
 
 #[sqlx::test(migrator = "schema::MIGRATOR")]
@@ -346,8 +377,7 @@ async fn per_key_rooms_agree_with_the_exact_sliding_window(db: PgPool) {
     let mut rng = StdRng::seed_from_u64(0x0019_6b65_7973);
     let keys: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     let mut limits: HashMap<Uuid, i32> = keys.iter().map(|k| (*k, rng.gen_range(1..=6))).collect();
-    // Per key: its limit and the times of the requests it had accepted.
-    let mut accepted: HashMap<Uuid, (i32, Vec<i64>)> = HashMap::new();
+    let mut model = Model::default();
     let (mut judged, mut full) = (0, 0);
     for batch_no in 0..120 {
         if batch_no == 60 {
@@ -364,37 +394,19 @@ async fn per_key_rooms_agree_with_the_exact_sliding_window(db: PgPool) {
         }
         let decisions = decide_keys(&db, &batch, WINDOW_MS).await;
         for ((key, limit, spends), d) in batch.iter().zip(&decisions) {
-            let entry = accepted.entry(*key).or_insert((*limit, Vec::new()));
-            if entry.0 != *limit {
-                *entry = (*limit, Vec::new());
-            }
-            let times = &mut entry.1;
-            let cutoff = d.now_ms - WINDOW_MS;
-            let in_window = times.iter().filter(|&&t| t > cutoff).count() as i32;
-            if !times.iter().any(|&t| (t - cutoff).abs() <= EDGE_MS) {
-                assert_eq!(d.room, limit - in_window, "batch {batch_no}: room of {key}");
+            let what = format!("batch {batch_no}, key {key}");
+            let times = model.times(*key, *limit);
+            let w = window(times, d.now_ms);
+            if !w.near_edge {
+                assert_eq!(d.room, limit - w.in_window, "{what}: room");
                 if d.room <= *spends {
-                    let oldest = times.iter().copied().filter(|&t| t > cutoff).min();
-                    let expected = oldest.unwrap_or(d.now_ms) + WINDOW_MS - d.now_ms;
-                    assert!(
-                        (d.reset_after_ms - expected).abs() <= EDGE_MS,
-                        "batch {batch_no}: reset after {} ms, expected about {expected}",
-                        d.reset_after_ms
-                    );
+                    assert_reset(d.reset_after_ms, &w, &what);
                     full += 1;
                 }
                 judged += 1;
             }
             let take = (*spends).min(d.room.max(0));
-            times.extend(std::iter::repeat_n(d.now_ms, take as usize));
-            let recent = times
-                .iter()
-                .filter(|&&t| t > d.now_ms - WINDOW_MS + EDGE_MS)
-                .count();
-            assert!(
-                recent as i32 <= *limit,
-                "batch {batch_no}: {recent} accepted, limit {limit}"
-            );
+            accept(times, d.now_ms, take as usize, *limit, &what);
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
     }
