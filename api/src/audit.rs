@@ -35,6 +35,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::gate::Gate;
 use crate::request_id;
 use schema::batch::Announced;
+use schema::connect::Held;
 
 /// How long a request waits for its entry to commit before it is answered
 /// 503 instead: long enough to ride out a WAL flush stalled behind a
@@ -117,20 +118,23 @@ impl AuditLog {
 
 /// Writes a batch of entries (the entries' writer in [`crate::gate`] calls
 /// this).
-pub(crate) async fn write_batch(db: &PgPool, entries: &[Entry]) -> Vec<Result<(), AuditError>> {
+pub(crate) async fn write_batch(db: &Held, entries: &[Entry]) -> Vec<Result<(), AuditError>> {
     let n = entries.len();
     let columns = Columns::of(entries);
     let insert = || async {
         let mut args = PgArguments::default();
         columns.add_to(&mut args).map_err(sqlx::Error::Encode)?;
-        sqlx::query_with(&INSERT, args).execute(db).await
+        let mut held = db.checkout().await?;
+        sqlx::query_with(&INSERT, args).execute(held.conn()).await?;
+        held.keep();
+        Ok::<_, sqlx::Error>(())
     };
-    let mut result = insert().await.map(drop);
+    let mut result = insert().await;
     if let Err(e) = &result {
-        // Once more: a connection lost mid-batch is replaced by the pool.
+        // Once more, on a new connection: the failed one was dropped.
         // `on conflict do nothing` makes a retry after an unseen commit harmless.
         tracing::warn!(error = %e, entries = n, "audit log write failed; retrying once");
-        result = insert().await.map(drop);
+        result = insert().await;
     }
     match result {
         Ok(()) => vec![Ok(()); n],

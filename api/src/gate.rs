@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use schema::batch::{Announced, Batcher, Expected, Linger, Stopped};
+use schema::connect::Held;
 use sqlx::PgPool;
 
 use crate::audit::{self, AuditError, Entry};
@@ -46,6 +47,10 @@ const LINGER: Duration = Duration::from_millis(1);
 /// while they bring more asks (`scripts/bench auth`: 8 rounds took batches
 /// from ≈ 18 to ≈ 25 asks under load).
 const DECISION_ROUNDS: usize = 8;
+
+/// The writers' connections' `application_name`s.
+pub const DECIDING: &str = "jeanus-api rate limits";
+pub const RECORDING: &str = "jeanus-api audit log";
 
 /// Batches and items each writer has sent, in this process, since it
 /// started (every instance adds to the same counters): what the benchmark
@@ -89,14 +94,14 @@ struct Writers {
     expected: Expected,
     window: Duration,
     /// The writers' own connections, closed by [`Gate::close`].
-    connections: [PgPool; 2],
+    connections: [Arc<Held>; 2],
 }
 
 impl Gate {
     /// Start both writers on the current runtime, each on a connection of
     /// its own, deciding rate limits over `window`.
     pub fn spawn(db: &PgPool, window: Duration) -> Self {
-        let deciding = own_connection(db);
+        let deciding = own_connection(db, DECIDING);
         let decide_linger = Linger::WhileGrowing {
             rounds: DECISION_ROUNDS,
         };
@@ -109,7 +114,7 @@ impl Gate {
                     async move { ratelimit::decide(&db, &asks, window).await }
                 }
             });
-        let recording = own_connection(db);
+        let recording = own_connection(db, RECORDING);
         let expected = Expected::default();
         let linger = Linger::ForAnnounced {
             expected: expected.clone(),
@@ -139,8 +144,8 @@ impl Gate {
 
     /// Close the writers' connections (at shutdown, once no request is left).
     pub async fn close(&self) {
-        for db in &self.0.connections {
-            db.close().await;
+        for held in &self.0.connections {
+            held.close().await;
         }
     }
 
@@ -163,15 +168,13 @@ impl Gate {
     }
 }
 
-/// A pool of one connection, to the same database as `db`: the same backend
-/// serves every batch, with its plans and compiled functions warm, and no
-/// liveness ping precedes each batch (the shared pool pings on every
-/// acquire, one more round trip). A broken connection fails one batch and
-/// is replaced on the next.
-fn own_connection(db: &PgPool) -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with((*db.connect_options()).clone())
+/// A connection of the writer's own, to the same database as `db`: the same
+/// backend serves every batch, with its plans and compiled functions warm,
+/// and no round trip but the batch's own precedes or follows it (see
+/// [`Held`]). A broken connection fails one batch and is replaced on the
+/// next.
+/// Named `name` in `pg_stat_activity`.
+fn own_connection(db: &PgPool, name: &str) -> Arc<Held> {
+    let options = (*db.connect_options()).clone().application_name(name);
+    Arc::new(Held::new(options))
 }

@@ -31,9 +31,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use schema::connect::Held;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgPool};
+use sqlx::Arguments;
 use uuid::Uuid;
 
 use crate::auth::Principal;
@@ -221,7 +222,7 @@ pub(crate) fn window_ms(window: Duration) -> i64 {
 
 /// Decides a batch (the decisions' writer in [`crate::gate`] calls this).
 pub(crate) async fn decide(
-    db: &PgPool,
+    db: &Held,
     asks: &[Ask],
     window: Duration,
 ) -> Vec<Result<Quota, LimiterError>> {
@@ -229,9 +230,12 @@ pub(crate) async fn decide(
     let query = || async {
         let mut args = PgArguments::default();
         asked.add_to(&mut args).map_err(sqlx::Error::Encode)?;
-        sqlx::query_as_with::<_, Decision, _>(DECIDE, args)
-            .fetch_all(db)
-            .await
+        let mut held = db.checkout().await?;
+        let rows = sqlx::query_as_with::<_, Decision, _>(DECIDE, args)
+            .fetch_all(held.conn())
+            .await?;
+        held.keep();
+        Ok::<_, sqlx::Error>(rows)
     };
     let rows = match query().await {
         // Once more, on a fresh connection. Should the failed attempt have

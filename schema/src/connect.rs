@@ -150,6 +150,77 @@ fn redact_one(url: &str, userinfo_is_secret: bool, hidden: &mut bool) -> String 
     format!("{scheme}{authority}{tail}")
 }
 
+/// One PostgreSQL connection, held by one writer that sends one batch at a
+/// time, instead of a pool of one: a pool tests each connection as it comes
+/// back (`sqlx` sends a `Sync` and waits for the server's answer), so every
+/// batch cost two round trips, and the next batch waited for the second.
+/// A held connection is checked out for a batch ([`Held::checkout`]) and
+/// given back only when the batch succeeded ([`Checkout::keep`]); one that
+/// failed, or whose batch was dropped mid-statement, is dropped with it, so
+/// that no connection is reused in an unknown state. The next checkout
+/// connects anew.
+pub struct Held {
+    options: PgConnectOptions,
+    slot: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+}
+
+impl Held {
+    /// Connects lazily, on the first checkout, with `options`.
+    pub fn new(options: PgConnectOptions) -> Self {
+        Self {
+            options,
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The held connection, or a new one (within [`CONNECT_TIMEOUT`]) when
+    /// none is held. Waits while another checkout is out.
+    pub async fn checkout(&self) -> Result<Checkout<'_>, sqlx::Error> {
+        let mut slot = self.slot.lock().await;
+        let conn = match slot.take() {
+            Some(conn) => conn,
+            None => tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                sqlx::PgConnection::connect_with(&self.options),
+            )
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+                ))
+            })??,
+        };
+        Ok(Checkout { slot, conn })
+    }
+
+    /// Closes the held connection, if any (at shutdown).
+    pub async fn close(&self) {
+        if let Some(conn) = self.slot.lock().await.take() {
+            // A courtesy to the server: there is nothing left to do with it.
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// A connection out of its [`Held`] for one batch.
+pub struct Checkout<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<sqlx::PgConnection>>,
+    conn: sqlx::PgConnection,
+}
+
+impl Checkout<'_> {
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+
+    /// The batch succeeded: the connection is held for the next one.
+    pub fn keep(self) {
+        let Checkout { mut slot, conn } = self;
+        *slot = Some(conn);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

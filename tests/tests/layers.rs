@@ -1021,6 +1021,67 @@ async fn without_the_limiter_store_requests_fail_closed(pool: PgPool) {
     stack.shutdown().await;
 }
 
+/// The request path's two writers each hold one connection (rate-limit
+/// decisions, audit entries). Killed between requests, each costs its next
+/// batch one retry on a new connection, and no request its answer or entry.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn the_writers_replace_a_killed_connection_without_failing_a_request(pool: PgPool) {
+    let env = TestEnv::new(pool.clone()).await;
+    let stack = spawn_stack(&env).await;
+    let tenant = stack.create_tenant("Acme").await;
+    let key = stack.mint_key(tenant, &["read"]).await;
+    assert_eq!(me(&stack, &key.key).await.status, StatusCode::OK);
+
+    let writers = || async {
+        sqlx::query_scalar::<_, i32>(
+            "select pid from pg_stat_activity \
+              where datname = current_database() and application_name = any($1) \
+              order by pid",
+        )
+        .bind([api::gate::DECIDING, api::gate::RECORDING])
+        .fetch_all(&pool)
+        .await
+        .expect("pg_stat_activity")
+    };
+    let killed = writers().await;
+    assert_eq!(killed.len(), 2, "one connection per writer: {killed:?}");
+    for pid in &killed {
+        sqlx::query("select pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&pool)
+            .await
+            .expect("terminate a writer's backend");
+    }
+    eventually(
+        "the killed backends to leave",
+        Duration::from_secs(10),
+        || async {
+            writers()
+                .await
+                .iter()
+                .all(|pid| !killed.contains(pid))
+                .then_some(())
+        },
+    )
+    .await;
+
+    for _ in 0..3 {
+        let answered = me(&stack, &key.key).await;
+        assert_eq!(answered.status, StatusCode::OK, "{answered:?}");
+        let status: i16 = sqlx::query_scalar("select status from audit_log where request_id = $1")
+            .bind(answered.request_id())
+            .fetch_one(&pool)
+            .await
+            .expect("the answer is audited");
+        assert_eq!(status, 200);
+    }
+    let replaced = writers().await;
+    assert_eq!(replaced.len(), 2, "{replaced:?}");
+    assert!(replaced.iter().all(|pid| !killed.contains(pid)));
+
+    stack.shutdown().await;
+}
+
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn every_response_has_a_request_id_and_a_sane_client_id_is_kept(pool: PgPool) {
     let env = TestEnv::new(pool).await;
