@@ -11,7 +11,10 @@
 //! `schema/migrations/0013_rate_limit_set_based.sql` has the details, and
 //! `0014_rate_limit_one_statement.sql` its common case in one statement;
 //! `0019_rate_limit_per_key.sql` takes each key of a batch once, with its
-//! count of spends, and [`answers`] works out each request's answer. Every
+//! count of spends, and [`answers`] works out each request's answer;
+//! `0020_rate_limit_moving_window.sql` keeps a key in steady use, whose
+//! oldest request leaves with nearly every batch, in that one statement
+//! (it moves the window by reading up to 256 slots on). Every
 //! instance funnels its decisions through one [`Batcher`]: one round trip
 //! for all the requests that arrived meanwhile. Time is PostgreSQL's clock,
 //! the one clock every instance shares.

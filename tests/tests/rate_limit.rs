@@ -441,3 +441,58 @@ async fn concurrent_per_key_batches_accept_exactly_the_limit(db: PgPool) {
     }
     assert_each_key_took_exactly(&db, tasks, &keys, limit).await;
 }
+
+/// A key in steady use sees its oldest requests leave its window with
+/// nearly every batch. `jeanus_rate_limit_keys` moves such a window itself
+/// when the first request still inside is at most 256 past the old start,
+/// and leaves a longer move to the general path (`jeanus_rate_limit`, counted
+/// with `track_functions`); the rooms agree with the exact window either way.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn a_window_moves_in_one_statement_within_reach_and_by_the_general_path_beyond(db: PgPool) {
+    const WINDOW_MS: i64 = 2000;
+    const LIMIT: i32 = 1000;
+    let mut conn = db.acquire().await.expect("a connection");
+    sqlx::query("set track_functions = 'pl'")
+        .execute(&mut *conn)
+        .await
+        .expect("count function calls");
+    // The key's room, and whether the general path ran.
+    let mut call = async |key: Uuid, spend: i32| -> (i32, bool) {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+        let general_calls = "select coalesce(pg_stat_get_xact_function_calls(\
+             'jeanus_rate_limit(uuid[], integer[], boolean[], bigint)'::regprocedure), 0)";
+        let before: i64 = sqlx::query_scalar(general_calls)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("calls before");
+        let room: i32 = sqlx::query_scalar(
+            "select room from jeanus_rate_limit_keys(array[$1], array[$2], array[$3], $4)",
+        )
+        .bind(key)
+        .bind(LIMIT)
+        .bind(spend)
+        .bind(WINDOW_MS)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("jeanus_rate_limit_keys runs");
+        let after: i64 = sqlx::query_scalar(general_calls)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("calls after");
+        tx.commit().await.expect("commit");
+        (room, after > before)
+    };
+    for (first, beyond_reach) in [(200, false), (400, true)] {
+        let key = Uuid::now_v7();
+        assert_eq!(call(key, first).await.0, LIMIT, "a new key");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (room, general) = call(key, 100).await;
+        assert_eq!(room, LIMIT - first);
+        assert!(!general, "nothing has left the window: one statement");
+        // The first batch has left (2,200 ms ago), the second not (1,700).
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        let (room, general) = call(key, 0).await;
+        assert_eq!(room, LIMIT - 100, "{first} requests left the window");
+        assert_eq!(general, beyond_reach, "moving past {first} requests");
+    }
+}
