@@ -168,12 +168,11 @@ impl Gate {
     }
 }
 
-/// A connection of the writer's own, to the same database as `db`: the same
-/// backend serves every batch, with its plans and compiled functions warm,
-/// and no round trip but the batch's own precedes or follows it (see
-/// [`Held`]). A broken connection fails one batch and is replaced on the
-/// next.
-/// Named `name` in `pg_stat_activity`.
+/// A connection of the writer's own, to the same database as `db`, named
+/// `name` in `pg_stat_activity`: the same backend serves every batch, with
+/// its plans and compiled functions warm, and no round trip but the batch's
+/// own precedes or follows it (see [`Held`]). A broken connection fails one
+/// batch and is replaced on the next.
 fn own_connection(db: &PgPool, name: &str) -> Arc<Held> {
     let options = (*db.connect_options()).clone().application_name(name);
     Arc::new(Held::new(options))

@@ -2,9 +2,9 @@
 -- "auth", session 8). 0019's one statement served a batch only while every
 -- key's oldest request in its window was still inside it; once a key had
 -- been busy for a whole window, its oldest request left with nearly every
--- batch, and every batch went through `jeanus_rate_limit`'s general path
+-- batch, and most batches went through `jeanus_rate_limit`'s general path
 -- (a dozen statements and a search per key): in `bench auth`, PostgreSQL's
--- CPU per /api/v1/me doubled from the first minute on (62-70 us -> 125-160
+-- CPU per /api/v1/me doubled from the first minute on (62-70 us -> 116-160
 -- us). The statement now moves such a window itself: the requests after
 -- the old start are read in ring order (which is time order, 0013) up to
 -- the first still inside, at most 256 of them, as one range of the slots'
