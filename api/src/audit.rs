@@ -136,9 +136,8 @@ pub(crate) async fn write_batch(db: &Held, entries: &[Entry]) -> Vec<Result<(), 
     };
     let mut result = insert(&INSERT).await;
     if let Err(e) = &result {
-        // Once more, on a new connection (the failed one was dropped), and
-        // with `on conflict do nothing`, which makes a retry after an unseen
-        // commit harmless.
+        // Once more, on a new connection (the failed one was dropped),
+        // skipping the rows of an attempt that committed unseen.
         tracing::warn!(error = %e, entries = n, "audit log write failed; retrying once");
         result = insert(&INSERT_AGAIN).await;
     }
@@ -158,10 +157,11 @@ pub(crate) async fn write_batch(db: &Held, entries: &[Entry]) -> Vec<Result<(), 
 /// (binary parameters, nothing for PostgreSQL to parse), the arrays
 /// unnested in the select list, where they advance in lockstep without
 /// being copied into a tuplestore first, as `from unnest(…)` would be. The
-/// first attempt is a plain insert; its retry adds `on conflict (id) do
-/// nothing` (see [`write_batch`]). Instructions per batch of 60 entries
-/// (BENCHMARKS.md, `auth`, session 9): 4.0 million for `from unnest(…) on
-/// conflict`, 2.7 million for this.
+/// first attempt is a plain insert; its retry skips the rows already there
+/// (`on conflict` on the log's one index, `0021_audit_log_one_index.sql`;
+/// see [`write_batch`]). Instructions per batch of 60 entries (BENCHMARKS.md,
+/// `auth`, session 9): 4.0 million for `from unnest(…) on conflict (id)`
+/// with a primary key beside the index, 2.1 million for this.
 fn insert_statement(retry: bool) -> String {
     const TYPES: [&str; 15] = [
         "uuid[]",
@@ -191,7 +191,7 @@ fn insert_statement(retry: bool) -> String {
          select {}{}",
         arrays.join(", "),
         if retry {
-            " on conflict (id) do nothing"
+            " on conflict (tenant_id, at, id) do nothing"
         } else {
             ""
         }
