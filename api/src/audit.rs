@@ -158,7 +158,7 @@ pub(crate) async fn write_batch(db: &Held, entries: &[Entry]) -> Vec<Result<(), 
 /// unnested in the select list, where they advance in lockstep without
 /// being copied into a tuplestore first, as `from unnest(…)` would be. The
 /// first attempt is a plain insert; its retry skips the rows already there
-/// (`on conflict` on the log's one index, `0021_audit_log_one_index.sql`;
+/// (`on conflict` on the log's one index, migrations 0021 and 0022;
 /// see [`write_batch`]). Instructions per batch of 60 entries (BENCHMARKS.md,
 /// `auth`, session 9): 4.0 million for `from unnest(…) on conflict (id)`
 /// with a primary key beside the index, 2.1 million for this.

@@ -1,15 +1,17 @@
+-- no-transaction
 -- The audit log with one index instead of two (BENCHMARKS.md, "auth",
--- session 9). Every request writes a row, before its response leaves, so
--- every index on the table is paid for on the request path: the primary key
--- on `id` cost ≈ 8,700 instructions per row, a third of the insert, and no
--- query reads by `id`. The index the reads use, newest first per tenant,
--- now also guards against a row written twice (the audit writer's retry
--- after a commit whose answer was lost: `on conflict (tenant_id, at, id) do
--- nothing`), the untenanted rows included (`nulls not distinct`). A batch
--- of 60 entries: 2.64 million instructions with both indexes, 2.09 million
--- with this one. (`nulls not distinct` needs PostgreSQL 15 or later.)
-
-create unique index audit_log_tenant_at_id
+-- session 9), first step: the index the reads use (newest first per tenant)
+-- again, unique, so that it can also refuse a row written twice (the audit
+-- writer's retry after a commit whose answer was lost: `on conflict
+-- (tenant_id, at, id) do nothing`), the untenanted rows included (`nulls
+-- not distinct`, PostgreSQL 15 or later). 0022 then drops the two indexes
+-- it replaces.
+--
+-- Built concurrently, outside a transaction (the first line above), because
+-- every request writes an audit row before it is answered: a plain
+-- `create index` would hold those writes, and so every request, for as long
+-- as the build of a large log takes. Should the build fail half-way, it
+-- leaves an invalid index behind: drop `audit_log_tenant_at_id` and migrate
+-- again.
+create unique index concurrently audit_log_tenant_at_id
     on audit_log (tenant_id, at desc, id desc) nulls not distinct;
-drop index audit_log_tenant_at;
-alter table audit_log drop constraint audit_log_pkey;
