@@ -35,6 +35,16 @@ pub struct Config {
     )]
     pub nats_url: String,
 
+    /// Redis URL: the rate limiter's store, shared by every api instance.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        default_value = DEFAULT_REDIS_URL,
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
     /// Address the HTTP server listens on.
     #[arg(
         long = "addr",
@@ -158,6 +168,7 @@ impl Config {
         Ok(Self {
             database_url: database_url.into(),
             nats_url: nats_url.into(),
+            redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned()),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: None,
             nats_prefix: Names::new(prefix)?,
@@ -244,6 +255,9 @@ fn parse_bool(value: &str) -> Result<bool, String> {
         _ => Err("use true or false".to_owned()),
     }
 }
+
+/// Where the api looks for Redis unless `REDIS_URL` says otherwise.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// The rate limit's window unless `JEANUS_RATE_LIMIT_WINDOW` says otherwise.
 pub const DEFAULT_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(60);

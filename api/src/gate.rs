@@ -1,19 +1,13 @@
-//! The request path's two batch writers. Every `/api/v1` request needs two
-//! things from PostgreSQL: a rate-limit decision before its handler runs
-//! ([`crate::ratelimit`]) and its audit entry committed before its response
-//! leaves ([`crate::audit`]). Each goes through a [`Batcher`] of its own, on
-//! a connection of its own, because the two differ in what a commit costs:
-//!
-//! - the limiter's tables are UNLOGGED, so a batch of decisions commits
-//!   without waiting for a WAL flush: a fraction of a millisecond;
-//! - a batch of entries must wait for the WAL flush (durability is the
-//!   point), which takes milliseconds on a slow disk (3.5 ms per `fdatasync`
-//!   on the bench machine's). When decisions shared those batches, every
-//!   decision waited for a flush too, and a request for two flushes.
+//! The request path's two batch writers. Every `/api/v1` request needs a
+//! rate-limit decision before its handler runs ([`crate::ratelimit`], from
+//! Redis) and its audit entry committed in PostgreSQL before its response
+//! leaves ([`crate::audit`]). Each goes through a [`Batcher`] of its own: one
+//! round trip carries every request that arrived meanwhile, and neither
+//! waits behind the other's (a batch of entries waits for PostgreSQL's WAL
+//! flush; a decision never did).
 //!
 //! Both writers linger, each its own way ([`Linger`]), because a batch's
-//! fixed cost in PostgreSQL (≈ 0.3 ms of backend CPU, whatever it carries)
-//! is most of its cost when batches are small:
+//! fixed cost is most of its cost when batches are small:
 //!
 //! - the entries' writer waits, up to [`LINGER`], while requests that have
 //!   started ([`Gate::announce`]) have not yet handed in their entries, so
@@ -48,8 +42,7 @@ const LINGER: Duration = Duration::from_millis(1);
 /// from ≈ 18 to ≈ 25 asks under load).
 const DECISION_ROUNDS: usize = 8;
 
-/// The writers' connections' `application_name`s.
-pub const DECIDING: &str = "jeanus-api rate limits";
+/// The entries' writer's `application_name` in `pg_stat_activity`.
 pub const RECORDING: &str = "jeanus-api audit log";
 
 /// Batches and items each writer has sent, in this process, since it
@@ -93,25 +86,26 @@ struct Writers {
     /// Requests under way whose entries are still to come.
     expected: Expected,
     window: Duration,
-    /// The writers' own connections, closed by [`Gate::close`].
-    connections: [Arc<Held>; 2],
+    /// Where the decisions are made.
+    limits: ratelimit::Store,
+    /// The entries' writer's own connection, closed by [`Gate::close`].
+    recording: Arc<Held>,
 }
 
 impl Gate {
-    /// Start both writers on the current runtime, each on a connection of
-    /// its own, deciding rate limits over `window`.
-    pub fn spawn(db: &PgPool, window: Duration) -> Self {
-        let deciding = own_connection(db, DECIDING);
+    /// Start both writers on the current runtime: decisions over `window`
+    /// in `limits`, entries on a PostgreSQL connection of their own.
+    pub fn spawn(db: &PgPool, limits: ratelimit::Store, window: Duration) -> Self {
         let decide_linger = Linger::WhileGrowing {
             rounds: DECISION_ROUNDS,
         };
         let decisions =
             Batcher::spawn_lingering(decide_linger, MAX_BATCH, MAX_BATCH, |_: &Ask| 1, {
-                let db = deciding.clone();
+                let limits = limits.clone();
                 move |asks: Vec<Ask>| {
-                    let db = db.clone();
+                    let limits = limits.clone();
                     count(&DECISION_BATCHES, &DECISIONS, asks.len());
-                    async move { ratelimit::decide(&db, &asks, window).await }
+                    async move { ratelimit::decide(&limits, &asks, window).await }
                 }
             });
         let recording = own_connection(db, RECORDING);
@@ -133,7 +127,8 @@ impl Gate {
             entries,
             expected,
             window,
-            connections: [deciding, recording],
+            limits,
+            recording,
         }))
     }
 
@@ -142,11 +137,14 @@ impl Gate {
         self.0.window
     }
 
+    /// The rate limiter's store.
+    pub fn limits(&self) -> &ratelimit::Store {
+        &self.0.limits
+    }
+
     /// Close the writers' connections (at shutdown, once no request is left).
     pub async fn close(&self) {
-        for held in &self.0.connections {
-            held.close().await;
-        }
+        self.0.recording.close().await;
     }
 
     pub(crate) async fn decide(&self, ask: Ask) -> Result<Result<Quota, LimiterError>, Stopped> {

@@ -177,6 +177,14 @@ pub async fn run(
     // start rather than fail on the first subscription.
     config.sealing_key()?;
     let (db, nats) = connect(&config).await?;
+    let limits = ratelimit::Store::connect(&config.redis_url, config.nats_prefix.prefix())
+        .await
+        .map_err(|e| {
+            let shown = schema::connect::redact_url(&config.redis_url, false);
+            anyhow::anyhow!(
+                "cannot reach Redis, the rate limiter's store, at REDIS_URL={shown}: {e}"
+            )
+        })?;
     let js = async_nats::jetstream::new(nats.clone());
     let names = config.nats_prefix.clone();
 
@@ -188,7 +196,7 @@ pub async fn run(
     let keys = auth::authenticate::KeyCache::new(db.clone());
     let revocations = keys.watch_revocations(&nats, &names).await?;
     // Closed after the server has finished its last request.
-    let gate = gate::Gate::spawn(&db, config.rate_limit_window);
+    let gate = gate::Gate::spawn(&db, limits, config.rate_limit_window);
     let limiter = ratelimit::RateLimiter::new(gate.clone());
     let audit = audit::AuditLog::new(gate.clone());
     let stop_sweeper = CancellationToken::new();

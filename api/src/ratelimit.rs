@@ -1,43 +1,41 @@
 //! The per-key rate limit: an exact sliding window shared by every api
-//! instance, kept in PostgreSQL, and the headers that report it.
+//! instance, kept in Redis, and the headers that report it.
 //!
 //! A key never gets more than its `rate_limit_per_minute` requests accepted
 //! in any window (60 s; `JEANUS_RATE_LIMIT_WINDOW` shortens it for tests),
-//! and a client that stays under the limit is never refused. The state is a
-//! ring of the last `limit` accepted request times per key. A decision
-//! writes one slot and reads none while the key's oldest request is still
-//! in the window, and O(log n) slots when it has left, however long the key
-//! was idle: `jeanus_rate_limit` in
-//! `schema/migrations/0013_rate_limit_set_based.sql` has the details, and
-//! `0014_rate_limit_one_statement.sql` its common case in one statement;
-//! `0019_rate_limit_per_key.sql` takes each key of a batch once, with its
-//! count of spends, and [`answers`] works out each request's answer;
-//! `0020_rate_limit_moving_window.sql` keeps a key in steady use, whose
-//! oldest request leaves with nearly every batch, in that one statement
-//! (it moves the window by reading up to 256 slots on). Every
-//! instance funnels its decisions through one [`Batcher`]: one round trip
-//! for all the requests that arrived meanwhile. Time is PostgreSQL's clock,
-//! the one clock every instance shares.
+//! and a client that stays under the limit is never refused. The state is,
+//! per key, a Redis list of the times of its accepted requests still in the
+//! window, newest first, which expires a window after its newest. Every
+//! instance funnels its decisions through one [`Batcher`]; a batch is one
+//! call of one script (`ratelimit/decide.lua`), each key once with its count
+//! of spends: it drops the key's requests that have left the window, spends
+//! what room is left, and answers the room; [`answers`] works out each
+//! request's answer from it, in arrival order. A script runs alone, against
+//! one clock (Redis's), so batches from many instances never interleave and
+//! each key's list stays in time order. Each accepted request is pushed once
+//! and popped once: O(1) amortised per request, whatever the limit.
 //!
-//! **When PostgreSQL is down the limiter fails closed**: `/api/v1` answers
-//! 503 `unavailable`. The audit log needs PostgreSQL for every response
-//! anyway, so failing open here would buy nothing. The tables are UNLOGGED
-//! (the windows are not worth WAL): after a PostgreSQL crash every window
-//! starts empty, which lets a key make at most one extra window's worth of
-//! requests once.
+//! **When Redis is down the limiter fails closed**: `/api/v1` answers 503
+//! `unavailable` (and the refusal is still audited, in PostgreSQL); once
+//! Redis answers again requests pass, without a restart. Failing open would
+//! hand every key an unlimited quota for as long as the outage lasts.
+//! The windows are not persisted (run Redis with `maxmemory-policy
+//! noeviction`, and without persistence if you like): after a Redis restart
+//! every window starts empty, which lets a key make at most one extra
+//! window's worth of requests, once. A batch whose answer is lost is retried
+//! once; should the lost attempt have been carried out, its requests count
+//! twice: more refusals, never more admissions.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use schema::connect::Held;
-use sqlx::error::BoxDynError;
-use sqlx::postgres::PgArguments;
-use sqlx::Arguments;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 use uuid::Uuid;
 
 use crate::auth::Principal;
@@ -47,6 +45,10 @@ use crate::gate::Gate;
 /// How long a request waits for its decision before it is answered 503
 /// (the limiter sits outside the request timeout).
 const DECISION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one connection attempt to Redis, or one answer from it, may
+/// take: a batch takes well under a millisecond.
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -101,8 +103,8 @@ fn ceil_div(n: i64, d: i64) -> i64 {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LimiterError {
-    #[error("the rate limiter's database query failed: {0}")]
-    Database(#[source] Arc<sqlx::Error>),
+    #[error("the rate limiter's store failed: {0}")]
+    Store(#[source] Arc<redis::RedisError>),
     #[error("the rate limiter's batch writer has stopped")]
     Stopped,
     #[error("the rate limiter did not decide within {} s", DECISION_TIMEOUT.as_secs())]
@@ -131,6 +133,11 @@ impl RateLimiter {
         self.gate.window()
     }
 
+    /// The store the decisions are made in.
+    pub fn store(&self) -> &Store {
+        self.gate.limits()
+    }
+
     /// Decide one request of `key_id` under `limit` per window.
     pub async fn check(
         &self,
@@ -151,66 +158,166 @@ impl RateLimiter {
     }
 }
 
-/// One key's row of [`DECIDE`].
-#[derive(sqlx::FromRow)]
-struct Decision {
-    idx: i64,
-    /// Requests the key may still spend in its window before this batch's.
-    room: i32,
-    /// Once the room is spent, how long until a request is next free.
-    reset_after_ms: i64,
-    now_ms: i64,
+/// The limiter's store: a Redis list per key of its accepted requests'
+/// times in the window, newest first, decided a batch at a time by one
+/// script call (`ratelimit/decide.lua`). Cheap to clone: every clone shares
+/// one multiplexed connection, re-established when it breaks.
+#[derive(Clone)]
+pub struct Store {
+    redis: ConnectionManager,
+    /// `{<prefix>}:rate:`: every key of one deployment shares one hash slot,
+    /// so that a Redis Cluster also runs the batch's script as one.
+    keys: Arc<str>,
 }
 
-/// The statement that decides a batch, one row per key, its parameters
-/// `$1`–`$4` (see [`Asked::add_to`]).
-const DECIDE: &str = "select idx, room, reset_after_ms, now_ms \
-                        from jeanus_rate_limit_keys($1, $2, $3, $4)";
+static DECIDE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("ratelimit/decide.lua")));
 
-/// A batch of asks as the columns `jeanus_rate_limit_keys` takes: each key
-/// once (in the order of its first ask), with its newest limit and how
-/// many of its asks spend quota; and each ask's key.
+/// One key's answer from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRoom {
+    /// Requests the key may still spend in its window before this batch's.
+    pub room: i32,
+    /// Should the batch leave no room: how long until a request is next
+    /// free, in milliseconds.
+    pub reset_after_ms: i64,
+}
+
+/// A batch's answers: the store's clock and each key's room, in the order
+/// the keys were asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub now_ms: i64,
+    pub keys: Vec<KeyRoom>,
+}
+
+impl Store {
+    /// Connects to Redis at `url`; `prefix` names this deployment's keys
+    /// (the same as its NATS prefix, so that tests can share one server).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        // Fail fast while Redis is away: a request waits for at most one
+        // reconnection attempt (and the batch's one retry), not the client's
+        // default six with growing pauses; the next batch tries again.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(STORE_TIMEOUT))
+            .set_response_timeout(Some(STORE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let redis = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            redis,
+            keys: format!("{{{prefix}}}:rate:").into(),
+        })
+    }
+
+    /// Whether Redis answers a PING within `timeout` (for `/readyz`).
+    pub async fn ping(&self, timeout: Duration) -> Result<(), &'static str> {
+        let mut redis = self.redis.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(timeout, ping.query_async::<()>(&mut redis)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: Redis is unreachable");
+                Err("unreachable")
+            }
+            Err(_) => Err("timeout"),
+        }
+    }
+
+    /// Decides one batch: each key of `keys` once, as `(key, limit, spends)`,
+    /// with `limit` at least 1. Spends up to each key's room, against the
+    /// store's clock.
+    pub async fn decide_keys(
+        &self,
+        keys: &[(Uuid, i32, i32)],
+        window_ms: i64,
+    ) -> Result<Decided, redis::RedisError> {
+        let mut invocation = DECIDE.prepare_invoke();
+        invocation.arg(window_ms);
+        let mut name = String::with_capacity(self.keys.len() + 36);
+        for &(key_id, limit, spends) in keys {
+            name.clear();
+            name.push_str(&self.keys);
+            name.push_str(
+                key_id
+                    .as_hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()),
+            );
+            invocation
+                .key(name.as_str())
+                .arg(limit.max(1))
+                .arg(spends.max(0));
+        }
+        let reply: Vec<i64> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Decided::from_reply(&reply, keys.len())
+    }
+}
+
+impl Decided {
+    /// The script's reply for `keys` keys: the clock, then a room and a
+    /// reset per key.
+    fn from_reply(reply: &[i64], keys: usize) -> Result<Self, redis::RedisError> {
+        let Some((&now_ms, rooms)) = reply.split_first() else {
+            return Err(unanswered(keys));
+        };
+        if rooms.len() != 2 * keys {
+            return Err(unanswered(keys));
+        }
+        let keys = rooms
+            .chunks_exact(2)
+            .map(|pair| KeyRoom {
+                room: i32::try_from(pair[0]).unwrap_or(i32::MAX),
+                reset_after_ms: pair[1],
+            })
+            .collect();
+        Ok(Self { now_ms, keys })
+    }
+}
+
+/// Whether a failed call may succeed on a new connection: one the
+/// connection failed, not one the script raised (it would only recur).
+fn worth_retrying(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+}
+
+fn unanswered(keys: usize) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "the rate limit script did not answer every key",
+        format!("{keys} keys asked"),
+    ))
+}
+
+/// A batch of asks as the store takes them: each key once (in the order of
+/// its first ask), with its newest limit and how many of its asks spend
+/// quota; and each ask's key.
 struct Asked {
-    key_ids: Vec<Uuid>,
-    limits: Vec<i32>,
-    spends: Vec<i32>,
-    /// For each ask, its key's index in `key_ids`.
+    keys: Vec<(Uuid, i32, i32)>,
+    /// For each ask, its key's index in `keys`.
     key_of: Vec<usize>,
-    window_ms: i64,
 }
 
 impl Asked {
-    fn of(asks: &[Ask], window: Duration) -> Self {
+    fn of(asks: &[Ask]) -> Self {
         let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(asks.len());
         let mut asked = Self {
-            key_ids: Vec::new(),
-            limits: Vec::new(),
-            spends: Vec::new(),
+            keys: Vec::new(),
             key_of: Vec::with_capacity(asks.len()),
-            window_ms: window_ms(window),
         };
         for ask in asks {
             let k = *index.entry(ask.key_id).or_insert_with(|| {
-                asked.key_ids.push(ask.key_id);
-                asked.limits.push(0);
-                asked.spends.push(0);
-                asked.key_ids.len() - 1
+                asked.keys.push((ask.key_id, 0, 0));
+                asked.keys.len() - 1
             });
-            // A limit of 0 would be a ring of no slots: such a key is
+            // A limit of 0 would be a window of no requests: such a key is
             // refused outright (see `answers`; minting refuses 0 anyway).
-            asked.limits[k] = i32::try_from(ask.limit.max(1)).unwrap_or(i32::MAX);
-            asked.spends[k] += i32::from(spends(ask));
+            asked.keys[k].1 = i32::try_from(ask.limit.max(1)).unwrap_or(i32::MAX);
+            asked.keys[k].2 += i32::from(spends(ask));
             asked.key_of.push(k);
         }
         asked
-    }
-
-    /// Adds `$1`–`$4` of [`DECIDE`].
-    fn add_to(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
-        args.add(&self.key_ids)?;
-        args.add(&self.limits)?;
-        args.add(&self.spends)?;
-        args.add(self.window_ms)
     }
 }
 
@@ -225,99 +332,74 @@ pub(crate) fn window_ms(window: Duration) -> i64 {
 
 /// Decides a batch (the decisions' writer in [`crate::gate`] calls this).
 pub(crate) async fn decide(
-    db: &Held,
+    store: &Store,
     asks: &[Ask],
     window: Duration,
 ) -> Vec<Result<Quota, LimiterError>> {
-    let asked = Asked::of(asks, window);
-    let query = || async {
-        let mut args = PgArguments::default();
-        asked.add_to(&mut args).map_err(sqlx::Error::Encode)?;
-        let mut held = db.checkout().await?;
-        let rows = sqlx::query_as_with::<_, Decision, _>(DECIDE, args)
-            .fetch_all(held.conn())
-            .await?;
-        held.keep();
-        Ok::<_, sqlx::Error>(rows)
-    };
-    let rows = match query().await {
-        // Once more, on a fresh connection. Should the failed attempt have
-        // committed unseen, its requests count twice: more refusals, never
-        // more admissions.
-        Err(e) => {
-            tracing::warn!(error = %e, requests = asks.len(), "rate limiter query failed; retrying once");
-            query().await
+    let asked = Asked::of(asks);
+    let window_ms = window_ms(window);
+    let decided = match store.decide_keys(&asked.keys, window_ms).await {
+        // Once more when the connection failed (it is re-established
+        // meanwhile). Should the failed attempt have been carried out unseen, its
+        // requests count twice: more refusals, never more admissions.
+        Err(e) if worth_retrying(&e) => {
+            tracing::warn!(error = %e, requests = asks.len(), "rate limiter call failed; retrying once");
+            store.decide_keys(&asked.keys, window_ms).await
         }
-        ok => ok,
+        decided => decided,
     };
-    match rows {
-        Ok(rows) => answers(asks, &asked, rows, window),
+    match decided {
+        Ok(decided) => answers(asks, &asked, &decided, window),
         Err(e) => fail_all(asks.len(), e),
     }
 }
 
-/// Each ask's quota from its key's row of [`DECIDE`], in the asks' order:
-/// of a key's asks that spend, the first `room` are accepted; an ask that
-/// only reads is allowed while room is left after the spends before it.
+/// Each ask's quota from its key's room, in the asks' order: of a key's
+/// asks that spend, the first `room` are accepted; an ask that only reads
+/// is allowed while room is left after the spends before it.
 fn answers(
     asks: &[Ask],
     asked: &Asked,
-    rows: Vec<Decision>,
+    decided: &Decided,
     window: Duration,
 ) -> Vec<Result<Quota, LimiterError>> {
-    let mut by_key: Vec<Option<Decision>> = Vec::new();
-    by_key.resize_with(asked.key_ids.len(), || None);
-    for row in rows {
-        if let Some(slot) = usize::try_from(row.idx - 1)
-            .ok()
-            .and_then(|k| by_key.get_mut(k))
-        {
-            *slot = Some(row);
-        }
-    }
-    let Some(by_key) = by_key.into_iter().collect::<Option<Vec<Decision>>>() else {
-        let e = sqlx::Error::Protocol(format!(
-            "jeanus_rate_limit_keys did not answer every one of {} keys",
-            asked.key_ids.len()
-        ));
-        return fail_all(asks.len(), e);
-    };
     let window_ms = window_ms(window);
-    let mut spent = vec![0_i64; by_key.len()];
+    let now_ms = decided.now_ms;
+    let mut spent = vec![0_i64; decided.keys.len()];
     asks.iter()
         .zip(&asked.key_of)
         .map(|(ask, &k)| {
-            let row = &by_key[k];
+            let key = &decided.keys[k];
             if ask.limit == 0 {
                 return Ok(Quota {
                     limit: 0,
                     allowed: false,
                     remaining: 0,
-                    now_ms: row.now_ms,
+                    now_ms,
                     reset_after_ms: window_ms,
                     window,
                 });
             }
             let spend = i64::from(spends(ask));
             spent[k] += spend;
-            let left = i64::from(row.room) - spent[k];
+            let left = i64::from(key.room) - spent[k];
             Ok(Quota {
                 limit: ask.limit,
-                allowed: spent[k] - spend < i64::from(row.room),
+                allowed: spent[k] - spend < i64::from(key.room),
                 remaining: u32::try_from(left.max(0)).unwrap_or(0),
-                now_ms: row.now_ms,
-                reset_after_ms: if left > 0 { 0 } else { row.reset_after_ms },
+                now_ms,
+                reset_after_ms: if left > 0 { 0 } else { key.reset_after_ms },
                 window,
             })
         })
         .collect()
 }
 
-fn fail_all(n: usize, e: sqlx::Error) -> Vec<Result<Quota, LimiterError>> {
-    tracing::error!(error = %e, requests = n, "rate limiter query failed");
+fn fail_all(n: usize, e: redis::RedisError) -> Vec<Result<Quota, LimiterError>> {
+    tracing::error!(error = %e, requests = n, "rate limiter call failed");
     let e = Arc::new(e);
     (0..n)
-        .map(|_| Err(LimiterError::Database(e.clone())))
+        .map(|_| Err(LimiterError::Store(e.clone())))
         .collect()
 }
 
@@ -417,18 +499,24 @@ mod tests {
         }
     }
 
-    fn row(idx: i64, room: i32) -> Decision {
-        Decision {
-            idx,
+    fn room(room: i32) -> KeyRoom {
+        KeyRoom {
             room,
             reset_after_ms: 42_000,
-            now_ms: 1_700_000_000_000,
         }
     }
 
-    /// What `jeanus_rate_limit` answered per request before 0019 (see
-    /// `tests/tests/rate_limit.rs`, `refusals_and_reads_spend_nothing`),
-    /// now worked out from the key's room.
+    impl KeyRoom {
+        fn with_reset(self, reset_after_ms: i64) -> Self {
+            Self {
+                reset_after_ms,
+                ..self
+            }
+        }
+    }
+
+    /// Each request's answer, worked out from its key's room: of a key's
+    /// spends, the first `room` pass; a read passes while room is left.
     #[test]
     fn each_request_is_answered_from_its_keys_room_in_order() {
         let (a, b, zero) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -443,16 +531,17 @@ mod tests {
             ask(a, 2, Consume::No),
         ];
         let window = Duration::from_secs(60);
-        let asked = Asked::of(&asks, window);
-        assert_eq!(asked.key_ids, vec![a, b, zero]);
+        let asked = Asked::of(&asks);
         assert_eq!(
-            asked.spends,
-            vec![3, 1, 0],
-            "reads and a limit of 0 spend nothing"
+            asked.keys,
+            vec![(a, 2, 3), (b, 5, 1), (zero, 1, 0)],
+            "each key once, with its spends: reads and a limit of 0 spend nothing"
         );
-        assert_eq!(asked.limits, vec![2, 5, 1]);
-        let rows = vec![row(3, 1), row(1, 2), row(2, 5)];
-        let got: Vec<(bool, u32, i64)> = answers(&asks, &asked, rows, window)
+        let decided = Decided {
+            now_ms: 1_700_000_000_000,
+            keys: vec![room(2), room(5), room(1)],
+        };
+        let got: Vec<(bool, u32, i64)> = answers(&asks, &asked, &decided, window)
             .into_iter()
             .map(|q| {
                 let q = q.expect("answered");
@@ -475,13 +564,18 @@ mod tests {
     }
 
     #[test]
-    fn a_key_left_unanswered_fails_the_batch() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let asks = vec![ask(a, 3, Consume::Yes), ask(b, 3, Consume::Yes)];
-        let window = Duration::from_secs(60);
-        let asked = Asked::of(&asks, window);
-        let answered = answers(&asks, &asked, vec![row(1, 3)], window);
-        assert!(answered.iter().all(Result::is_err));
+    fn a_reply_short_of_a_key_fails_the_batch() {
+        let decided = Decided::from_reply(&[1_700_000_000_000, 3, 0, 0, 42_000], 2)
+            .expect("two keys answered");
+        assert_eq!(decided.keys, vec![room(3).with_reset(0), room(0)]);
+        for short in [
+            &[][..],
+            &[1_700_000_000_000][..],
+            &[1_700_000_000_000, 3, 0][..],
+        ] {
+            let e = Decided::from_reply(short, 2).expect_err("a key unanswered");
+            assert!(!worth_retrying(&e), "not retried: {e}");
+        }
     }
 
     #[test]

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# scripts/lib/services.sh: makes PostgreSQL and NATS (with JetStream) available to the
-# scripts and exports DATABASE_URL and NATS_URL.
+# scripts/lib/services.sh: makes PostgreSQL, NATS (with JetStream) and Redis available to
+# the scripts and exports DATABASE_URL, NATS_URL and REDIS_URL.
 #
 # Sourced by scripts/dev, scripts/test and scripts/bench, which call `jeanus_services_up`.
-# Run directly, it prints the two `export` lines: `eval "$(scripts/lib/services.sh)"`.
+# Run directly, it prints the three `export` lines: `eval "$(scripts/lib/services.sh)"`.
 #
 # For each server, the first that applies wins:
-#   1. DATABASE_URL / NATS_URL when set: they must answer, or we fail with one line naming
-#      the variable and the address; a database in DATABASE_URL that does not exist is created.
+#   1. DATABASE_URL / NATS_URL / REDIS_URL when set: they must answer, or we fail with one
+#      line naming the variable and the address; a database in DATABASE_URL that does not
+#      exist is created.
 #   2. The servers on the standard local ports: PostgreSQL on 127.0.0.1:5432 as user postgres,
-#      NATS on 127.0.0.1:4222 with JetStream.
+#      NATS on 127.0.0.1:4222 with JetStream, Redis on 127.0.0.1:6379 without a password.
 #   3. Project-local servers under .data/ (git-ignored), on loopback and non-standard ports,
 #      started on the first run (installing Debian's packages when the binaries are missing)
 #      and reused by later runs. They keep running after the script exits; stop them with
@@ -19,8 +20,10 @@
 #   JEANUS_DB_NAME          database used when DATABASE_URL is unset (default jeanus_dev)
 #   JEANUS_PG_PORT          port probed for a machine PostgreSQL (default 5432)
 #   JEANUS_NATS_PORT        port probed for a machine NATS (default 4222)
+#   JEANUS_REDIS_PORT       port probed for a machine Redis (default 6379)
 #   JEANUS_LOCAL_PG_PORT    port of the project-local PostgreSQL (default 54329)
 #   JEANUS_LOCAL_NATS_PORT  port of the project-local NATS (default 42229)
+#   JEANUS_LOCAL_REDIS_PORT port of the project-local Redis (default 63799)
 #   JEANUS_DATA_DIR         where the project-local servers live (default <repo>/.data)
 #
 # Every function returns non-zero after printing one `services: error: …` line, so callers
@@ -131,17 +134,60 @@ jeanus_nats_has_jetstream() {
     [[ $1 == *'"jetstream":true'* ]]
 }
 
+# Prints a Redis command in RESP, the protocol's array of bulk strings, so that an argument
+# may hold spaces or any byte; lengths count bytes.
+jeanus_redis_command() {
+    local LC_ALL=C arg
+    printf '*%d\r\n' "$#"
+    for arg; do
+        printf '$%d\r\n%s\r\n' "${#arg}" "$arg"
+    done
+}
+
+# Sends AUTH (when given a password), SELECT (when given a database), then PING to the Redis
+# at host port, and sets jeanus_redis_reply to the first error reply (-NOAUTH …, -WRONGPASS …),
+# else to the last reply (+PONG). Fails when nothing there answers as Redis does. The password
+# goes through a pipe, never on a command line.
+# shellcheck disable=SC2016 # $1, $2 and $3 are the inner bash's arguments
+jeanus_redis_ping() { # <host> <port> [<user> <password> [<database>]]
+    local host=$1 port=$2 user=${3:-} password=${4:-} database=${5:-} count=1 replies line
+    [[ -z $password ]] || count=$((count + 1))
+    [[ -z $database ]] || count=$((count + 1))
+    replies=$({
+        if [[ -n $password && -n $user ]]; then
+            jeanus_redis_command AUTH "$user" "$password"
+        elif [[ -n $password ]]; then
+            jeanus_redis_command AUTH "$password"
+        fi
+        if [[ -n $database ]]; then jeanus_redis_command SELECT "$database"; fi
+        jeanus_redis_command PING
+    } | timeout 4 bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
+        cat >&3
+        for ((i = 0; i < $3; i++)); do
+            IFS= read -r -t 3 line <&3 || break
+            printf "%s\n" "$line"
+        done' _ "$host" "$port" "$count" 2>/dev/null) || return 1
+    jeanus_redis_reply=
+    while IFS= read -r line; do
+        line=${line%$'\r'}
+        [[ $line == [+-]* ]] || return 1
+        jeanus_redis_reply=$line
+        [[ $line != -* ]] || break
+    done <<<"$replies"
+    [[ -n $jeanus_redis_reply ]]
+}
+
 # --- packages -----------------------------------------------------------------------------
 
 # Installs Debian packages with apt-get (through sudo when not root).
 jeanus_apt_install() {
     local sudo=()
     command -v apt-get >/dev/null ||
-        jeanus_fail "$* missing and apt-get is not available: install it yourself, or set DATABASE_URL and NATS_URL" ||
+        jeanus_fail "$* missing and apt-get is not available: install it yourself, or set DATABASE_URL, NATS_URL and REDIS_URL" ||
         return 1
     if ((EUID != 0)); then
         command -v sudo >/dev/null ||
-            jeanus_fail "$* missing, and installing it needs root or sudo: install it, or set DATABASE_URL and NATS_URL" ||
+            jeanus_fail "$* missing, and installing it needs root or sudo: install it, or set DATABASE_URL, NATS_URL and REDIS_URL" ||
             return 1
         sudo=(sudo)
     fi
@@ -180,6 +226,11 @@ jeanus_find_pg_server() {
 jeanus_find_nats_server() {
     jeanus_nats_bin=$(command -v nats-server) && return 0
     [[ -x /usr/sbin/nats-server ]] && jeanus_nats_bin=/usr/sbin/nats-server
+}
+
+jeanus_find_redis_server() {
+    jeanus_redis_bin=$(command -v redis-server) && return 0
+    [[ -x /usr/bin/redis-server ]] && jeanus_redis_bin=/usr/bin/redis-server
 }
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -395,9 +446,136 @@ jeanus_nats_up() {
     jeanus_nats_local
 }
 
+# --- Redis --------------------------------------------------------------------------------
+
+# Splits a Redis URL (redis://[<user>][:<password>@]<host>[:<port>][/<database>]) into the
+# globals jeanus_redis_user, jeanus_redis_password (both decoded) and jeanus_redis_database.
+jeanus_redis_split_url() {
+    local rest=${1#*://} authority userinfo=
+    authority=${rest%%[/?#]*}
+    rest=${rest#"$authority"}
+    if [[ $authority == *@* ]]; then userinfo=${authority%@*}; fi
+    jeanus_redis_user=${userinfo%%:*}
+    jeanus_redis_password=
+    if [[ $userinfo == *:* ]]; then jeanus_redis_password=${userinfo#*:}; fi
+    jeanus_redis_user=${jeanus_redis_user//\\/\\\\}
+    jeanus_redis_user=$(printf '%b' "${jeanus_redis_user//%/\\x}")
+    jeanus_redis_password=${jeanus_redis_password//\\/\\\\}
+    jeanus_redis_password=$(printf '%b' "${jeanus_redis_password//%/\\x}")
+    jeanus_redis_database=${rest#/}
+    jeanus_redis_database=${jeanus_redis_database%%[?#]*}
+}
+
+jeanus_redis_local() {
+    local dir=$JEANUS_DATA_DIR/redis port=${JEANUS_LOCAL_REDIS_PORT:-63799} pid attempt
+    local pidfile=$JEANUS_DATA_DIR/redis/redis.pid portfile=$JEANUS_DATA_DIR/redis/redis.port
+    if [[ -f $pidfile && -f $portfile ]]; then
+        pid=$(<"$pidfile")
+        if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+            jeanus_redis_ping 127.0.0.1 "$(<"$portfile")" && [[ $jeanus_redis_reply == +PONG ]]; then
+            port=$(<"$portfile")
+            REDIS_URL=redis://127.0.0.1:$port
+            jeanus_say "Redis: reusing the project-local server on 127.0.0.1:$port ($dir)"
+            return 0
+        fi
+    fi
+    if ! jeanus_find_redis_server; then
+        jeanus_apt_install redis-server || return 1
+        jeanus_find_redis_server || jeanus_fail "no redis-server found after installing redis-server" || return 1
+    fi
+    ! jeanus_tcp_open 127.0.0.1 "$port" ||
+        jeanus_fail "JEANUS_LOCAL_REDIS_PORT: port 127.0.0.1:$port is taken by another program; choose a free port" ||
+        return 1
+    mkdir -p "$dir" || jeanus_fail "cannot create $dir" || return 1
+    rm -f "$pidfile"
+    # Nothing is persisted: the rate limiter's windows may be lost with the server. Redis
+    # daemonizes itself (a new session, stdio on /dev/null), so it outlives this script and
+    # does not see the Ctrl-C meant for scripts/dev; the subshell first closes the descriptors
+    # the daemon would otherwise inherit (our lock among them).
+    (
+        jeanus_close_inherited_fds
+        # shellcheck disable=SC2094 # the log is only appended to, by us and by redis-server
+        cd "$dir" &&
+            exec "$jeanus_redis_bin" --bind 127.0.0.1 --port "$port" --daemonize yes \
+                --pidfile "$pidfile" --logfile "$dir/redis.log" --dir "$dir" \
+                --save "" --appendonly no --maxmemory-policy noeviction \
+                </dev/null >>"$dir/redis.log" 2>&1
+    ) || jeanus_fail "the project-local redis-server did not start; see $dir/redis.log" || return 1
+    printf '%s\n' "$port" >"$portfile"
+    for ((attempt = 0; attempt < 100; attempt++)); do
+        if jeanus_redis_ping 127.0.0.1 "$port" && [[ $jeanus_redis_reply == +PONG ]]; then
+            REDIS_URL=redis://127.0.0.1:$port
+            jeanus_say "Redis: started the project-local server on 127.0.0.1:$port ($dir)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    jeanus_fail "the project-local redis-server did not start; see $dir/redis.log"
+}
+
+jeanus_redis_up() {
+    local address path why standard_port=${JEANUS_REDIS_PORT:-6379}
+    if [[ -n ${REDIS_URL:-} ]]; then
+        case $REDIS_URL in
+        redis://* | rediss://*) ;;
+        unix://* | redis+unix://*)
+            # A Unix socket is beyond bash's /dev/tcp: it must exist, the api tells the rest.
+            path=${REDIS_URL#*://}
+            path=${path%%[?#]*}
+            [[ -S $path ]] || jeanus_fail "REDIS_URL: no Unix socket at $path for Redis" || return 1
+            jeanus_say "Redis: using REDIS_URL (the socket $path)"
+            return 0
+            ;;
+        *)
+            jeanus_fail "REDIS_URL: not a redis://, rediss:// or redis+unix:// URL"
+            return 1
+            ;;
+        esac
+        address=$(jeanus_url_address "$REDIS_URL")
+        jeanus_split_address "$address" 6379
+        if [[ $REDIS_URL == rediss://* ]]; then
+            # TLS is beyond bash's /dev/tcp: only check that something listens there.
+            jeanus_tcp_open "$jeanus_host" "$jeanus_port" ||
+                jeanus_fail "REDIS_URL: nothing answers at $jeanus_host:$jeanus_port" || return 1
+        else
+            jeanus_redis_split_url "$REDIS_URL"
+            jeanus_redis_ping "$jeanus_host" "$jeanus_port" "$jeanus_redis_user" "$jeanus_redis_password" \
+                "$jeanus_redis_database" ||
+                jeanus_fail "REDIS_URL: no Redis server answers at $jeanus_host:$jeanus_port" || return 1
+            case $jeanus_redis_reply in
+            +PONG) ;;
+            -NOAUTH*)
+                jeanus_fail "REDIS_URL: the Redis at $jeanus_host:$jeanus_port requires a password, and REDIS_URL has none (redis://:<password>@…)"
+                return 1
+                ;;
+            *)
+                jeanus_fail "REDIS_URL: the Redis at $jeanus_host:$jeanus_port answers: ${jeanus_redis_reply#-}"
+                return 1
+                ;;
+            esac
+        fi
+        jeanus_say "Redis: using REDIS_URL ($(jeanus_url_redacted "$REDIS_URL"))"
+        return 0
+    fi
+    if jeanus_redis_ping 127.0.0.1 "$standard_port"; then
+        if [[ $jeanus_redis_reply == +PONG ]]; then
+            REDIS_URL=redis://127.0.0.1:$standard_port
+            jeanus_say "Redis: using the server on 127.0.0.1:$standard_port ($REDIS_URL)"
+            return 0
+        fi
+        # A Redis is there, but it wants a password (-NOAUTH) or is not ready: as for a
+        # PostgreSQL that refuses user postgres, take a project-local one rather than fail;
+        # REDIS_URL, with the password, chooses that server instead.
+        why="answers: ${jeanus_redis_reply#-}"
+        if [[ $jeanus_redis_reply == -NOAUTH* ]]; then why="requires a password"; fi
+        jeanus_say "Redis: the server on 127.0.0.1:$standard_port $why; using a project-local server instead (set REDIS_URL to use it)"
+    fi
+    jeanus_redis_local
+}
+
 # --- entry points -------------------------------------------------------------------------
 
-# Makes both servers available and exports DATABASE_URL and NATS_URL.
+# Makes the three servers available and exports DATABASE_URL, NATS_URL and REDIS_URL.
 jeanus_services_up() {
     local status=0
     JEANUS_DB_NAME=${JEANUS_DB_NAME:-jeanus_dev}
@@ -411,19 +589,19 @@ jeanus_services_up() {
     if ((status == 1)); then
         jeanus_fail "timed out waiting for $JEANUS_DATA_DIR/.lock (held by another run of these scripts)"
     else
-        jeanus_pg_up && jeanus_nats_up || status=1
+        jeanus_pg_up && jeanus_nats_up && jeanus_redis_up || status=1
     fi
     if [[ -n ${jeanus_lock_fd:-} ]]; then
         exec {jeanus_lock_fd}>&-
         unset jeanus_lock_fd
     fi
     ((status == 0)) || return 1
-    export DATABASE_URL NATS_URL
+    export DATABASE_URL NATS_URL REDIS_URL
 }
 
 # Stops the project-local servers, if running; never touches any other server.
 jeanus_services_stop() {
-    local pid
+    local pid attempt
     JEANUS_DATA_DIR=${JEANUS_DATA_DIR:-$jeanus_root/.data}
     if [[ -f $JEANUS_DATA_DIR/postgres/data/postmaster.pid ]] && jeanus_find_pg_server; then
         jeanus_pg_owner=$(stat -c %U "$JEANUS_DATA_DIR/postgres/data")
@@ -437,6 +615,19 @@ jeanus_services_stop() {
         fi
         rm -f "$JEANUS_DATA_DIR/nats.pid"
     fi
+    if [[ -f $JEANUS_DATA_DIR/redis/redis.pid ]]; then
+        pid=$(<"$JEANUS_DATA_DIR/redis/redis.pid")
+        # Only a redis-server: after a reboot, the pid may be another program's.
+        if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == redis* ]] &&
+            kill "$pid" 2>/dev/null; then
+            for ((attempt = 0; attempt < 50; attempt++)); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            jeanus_say "Redis: stopped the project-local server"
+        fi
+        rm -f "$JEANUS_DATA_DIR/redis/redis.pid" "$JEANUS_DATA_DIR/redis/redis.port"
+    fi
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
@@ -445,7 +636,8 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     up)
         jeanus_load_dotenv
         jeanus_services_up
-        printf 'export DATABASE_URL=%q\nexport NATS_URL=%q\n' "$DATABASE_URL" "$NATS_URL"
+        printf 'export DATABASE_URL=%q\nexport NATS_URL=%q\nexport REDIS_URL=%q\n' \
+            "$DATABASE_URL" "$NATS_URL" "$REDIS_URL"
         ;;
     stop) jeanus_services_stop ;;
     *)

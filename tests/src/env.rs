@@ -12,6 +12,8 @@ pub struct TestEnv {
     /// A URL for this test's database, for services started as processes.
     pub database_url: String,
     pub nats_url: String,
+    /// The rate limiter's store (`REDIS_URL`); keys under the test's prefix.
+    pub redis_url: String,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub names: Names,
@@ -33,12 +35,15 @@ impl TestEnv {
             .await
             .expect("NATS is reachable at NATS_URL");
         let js = jetstream::new(nats.clone());
+        let redis_url = std::env::var("REDIS_URL")
+            .unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned());
         let prefix = format!("t{}", Uuid::now_v7().simple());
         let names = Names::new(&prefix).expect("a valid prefix");
         Self {
             pool,
             database_url,
             nats_url,
+            redis_url,
             nats,
             js,
             names,

@@ -1,7 +1,14 @@
-//! Faults injected into a test's database: a table the services need,
-//! renamed away (so that every statement on it fails) and back.
+//! Faults injected into a test's servers: a table the services need,
+//! renamed away (so that every statement on it fails) and back; a relay in
+//! front of Redis, cut and restored.
+
+use std::net::SocketAddr;
 
 use sqlx::PgPool;
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// `table`, renamed to `<table>_away` until [`TableAway::restore`].
 #[must_use = "restore the table, or the rest of the test runs without it"]
@@ -30,4 +37,100 @@ async fn rename(pool: &PgPool, from: &str, to: &str) {
         .execute(pool)
         .await
         .unwrap_or_else(|e| panic!("rename {from} to {to}: {e}"));
+}
+
+/// A TCP relay in front of a server (the test's Redis), for what happens
+/// when the server goes away: [`Relay::cut`] drops every connection and
+/// closes new ones at once, as a stopped server's port would; [`Relay::sever`]
+/// drops the connections of the moment only, as a restarted server does.
+pub struct Relay {
+    addr: SocketAddr,
+    state: watch::Sender<Link>,
+    accepting: JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Link {
+    cut: bool,
+    /// Bumped to drop the connections of the moment.
+    generation: u64,
+}
+
+impl Relay {
+    /// A relay on a loopback port of its own, to `upstream` (`host:port`).
+    pub async fn to(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port for the relay");
+        let addr = listener.local_addr().expect("the relay's address");
+        let (state, _) = watch::channel(Link {
+            cut: false,
+            generation: 0,
+        });
+        let links = state.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let mut link = links.subscribe();
+                let at = *link.borrow_and_update();
+                if at.cut {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = copy_bidirectional(&mut down, &mut up) => {}
+                        _ = link.wait_for(|now| now.cut || now.generation != at.generation) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            accepting,
+        }
+    }
+
+    /// The relay's address, `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn cut(&self) {
+        self.state.send_modify(|link| link.cut = true);
+    }
+
+    pub fn restore(&self) {
+        self.state.send_modify(|link| link.cut = false);
+    }
+
+    pub fn sever(&self) {
+        self.state.send_modify(|link| link.generation += 1);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
+    }
+}
+
+/// `host:port` of the Redis the tests use (`REDIS_URL`, by default the
+/// machine's on 127.0.0.1:6379).
+pub fn redis_address() -> String {
+    let url =
+        std::env::var("REDIS_URL").unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned());
+    let info = redis::Client::open(url.as_str())
+        .expect("REDIS_URL is a Redis URL")
+        .get_connection_info()
+        .addr()
+        .clone();
+    match info {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => panic!("the tests need Redis over plain TCP, not {other:?}"),
+    }
 }

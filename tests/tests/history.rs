@@ -371,6 +371,7 @@ async fn an_ndjson_stream_of_100_000_events_runs_in_bounded_memory(pool: PgPool)
         &[
             ("DATABASE_URL", env.database_url.clone()),
             ("NATS_URL", env.nats_url.clone()),
+            ("REDIS_URL", env.redis_url.clone()),
             ("JEANUS_NATS_PREFIX", env.prefix().to_owned()),
             ("JEANUS_API_ADDR", format!("127.0.0.1:{port}")),
         ],

@@ -1,498 +1,594 @@
-//! `jeanus_rate_limit` (schema/migrations/0013) against a model of the exact
-//! sliding window: random batches of requests over several keys, limits and
-//! sleeps, each decision checked against the times of the requests the
-//! function accepted before it. The api's tests (layers.rs) check the same
-//! limiter through HTTP across instances; these check the function's
-//! arithmetic, including the window's advance after a long idle time.
+//! The rate limiter's store (`api::ratelimit::Store`, which runs
+//! `api/src/ratelimit/decide.lua`) against the real Redis and a model of the
+//! exact sliding window: a request accepted at `t` is in the window at `now`
+//! while `t > now - window`. Every decision is checked against the times of
+//! the requests the store accepted before it: the key's room before the
+//! batch (its limit less the requests still in the window), and, when the
+//! batch leaves the key no room, the wait until the limit-th newest accepted
+//! request leaves. The store records an accepted request at the very
+//! millisecond it reports as the decision's `now_ms`, so the model knows
+//! every recorded time exactly and judges every answer, at the window's
+//! edge too (the random test aims some decisions at it).
+//!
+//! Besides the random batches (several keys, limits from 1 up, spends
+//! beyond a key's room, limits lowered and raised, sleeps that let parts of
+//! histories leave): a long history leaving at once and part of one
+//! leaving, reads and refusals spending nothing, a lowered and a raised
+//! limit, concurrent batches from several connections (as from several api
+//! instances) on shared keys, and the keys' expiry, which is all that keeps
+//! an idle key from holding memory. The api's tests (layers.rs) check the
+//! same limiter through HTTP across instances; these check the store's
+//! arithmetic.
+//!
+//! Each test names its keys under a prefix of its own, so the tests share
+//! one Redis and run in parallel.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use api::ratelimit::{Decided, KeyRoom, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::PgPool;
+use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
+/// The random test's window: short, so that histories leave it often.
 const WINDOW_MS: i64 = 300;
-/// The decision times come back floored to whole milliseconds: a request
-/// this close to the window's edge is not judged by the model.
-const EDGE_MS: i64 = 2;
+/// A window nothing leaves during a test.
+const LONG_WINDOW_MS: i64 = 60_000;
 
-#[derive(Debug, sqlx::FromRow)]
-struct Decision {
-    idx: i64,
-    allowed: bool,
-    remaining: i32,
-    reset_after_ms: i64,
-    now_ms: i64,
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned())
 }
 
-async fn decide(db: &PgPool, requests: &[(Uuid, i32, bool)], window_ms: i64) -> Vec<Decision> {
-    let keys: Vec<Uuid> = requests.iter().map(|r| r.0).collect();
-    let limits: Vec<i32> = requests.iter().map(|r| r.1).collect();
-    let consume: Vec<bool> = requests.iter().map(|r| r.2).collect();
-    let rows: Vec<Decision> = sqlx::query_as(
-        "select idx, allowed, remaining, reset_after_ms, now_ms \
-           from jeanus_rate_limit($1, $2, $3, $4)",
-    )
-    .bind(&keys)
-    .bind(&limits)
-    .bind(&consume)
-    .bind(window_ms)
-    .fetch_all(db)
-    .await
-    .expect("jeanus_rate_limit runs");
-    assert_eq!(rows.len(), requests.len(), "one decision per request");
-    for (i, row) in rows.iter().enumerate() {
-        assert_eq!(
-            row.idx,
-            i as i64 + 1,
-            "decisions come back in request order"
-        );
+/// A prefix of the test's own: `t` and a fresh UUID.
+fn prefix() -> String {
+    format!("t{}", Uuid::now_v7().simple())
+}
+
+/// A store of its own connection, as each api instance has.
+async fn store(prefix: &str) -> Store {
+    Store::connect(&redis_url(), prefix)
+        .await
+        .expect("Redis is up (REDIS_URL)")
+}
+
+/// One call of the store: (key, limit, spends) for each key.
+async fn decide(store: &Store, keys: &[(Uuid, i32, i32)], window_ms: i64) -> Decided {
+    let decided = store
+        .decide_keys(keys, window_ms)
+        .await
+        .expect("the store decides");
+    assert_eq!(decided.keys.len(), keys.len(), "one answer per key");
+    decided
+}
+
+/// A plain connection to Redis, to look at a key's list and its expiry.
+struct Raw {
+    conn: MultiplexedConnection,
+    prefix: String,
+}
+
+impl Raw {
+    async fn connect(prefix: &str) -> Self {
+        let conn = redis::Client::open(redis_url())
+            .expect("a Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is up (REDIS_URL)");
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+        }
     }
-    rows
+
+    fn name(&self, key: Uuid) -> String {
+        format!("{{{}}}:rate:{}", self.prefix, key.as_hyphenated())
+    }
+
+    /// The key's time to live in ms: -2 when it does not exist, -1 when it
+    /// never expires.
+    async fn pttl(&self, key: Uuid) -> i64 {
+        redis::cmd("PTTL")
+            .arg(self.name(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("PTTL")
+    }
+
+    /// How many request times the key's list holds.
+    async fn len(&self, key: Uuid) -> i64 {
+        redis::cmd("LLEN")
+            .arg(self.name(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("LLEN")
+    }
 }
 
-/// Per key: its limit and the times of the requests it had accepted.
-#[derive(Default)]
+/// Per key: the times (Unix ms) of the requests the store accepted that
+/// were still in the window at its last decision, oldest first.
 struct Model {
-    keys: HashMap<Uuid, (i32, Vec<i64>)>,
+    window_ms: i64,
+    keys: HashMap<Uuid, Vec<i64>>,
 }
 
-/// What the model expects of a key's window at a decision's time.
-struct Window {
-    /// Accepted requests inside the window.
+/// What the model saw of one key at one decision.
+struct Judged {
+    /// Accepted requests in the window before the batch.
     in_window: i32,
-    /// One of them is too close to the window's edge to judge by.
-    near_edge: bool,
-    /// Once the window is full, how long until a request is next free.
-    reset_after_ms: i64,
+    /// Accepted requests that had left the window since the key's last
+    /// decision.
+    left: usize,
+    /// How far the nearest of the key's request times was from the
+    /// window's start (`now - window`), in ms.
+    from_edge: Option<i64>,
+    /// Requests the batch accepted.
+    take: i32,
+    /// The batch left the key no room.
+    full: bool,
 }
 
 impl Model {
-    /// The times `key` had accepted under `limit`: a changed limit starts
-    /// the key over.
-    fn times(&mut self, key: Uuid, limit: i32) -> &mut Vec<i64> {
-        let entry = self.keys.entry(key).or_insert((limit, Vec::new()));
-        if entry.0 != limit {
-            *entry = (limit, Vec::new());
+    fn new(window_ms: i64) -> Self {
+        Self {
+            window_ms,
+            keys: HashMap::new(),
         }
-        &mut entry.1
     }
 
-    /// Checks one decision; returns false when the request was too close to
-    /// the window's edge to judge (its acceptance is then taken as decided).
-    fn check(&mut self, key: Uuid, limit: i32, spend: bool, d: &Decision, what: &str) -> bool {
-        let times = self.times(key, limit);
-        let w = window(times, d.now_ms);
-        if !w.near_edge {
-            let allowed = w.in_window < limit;
-            assert_eq!(
-                d.allowed, allowed,
-                "{what}: allowed with {} of {limit} in the window",
-                w.in_window
-            );
-            let after = w.in_window + i32::from(allowed && spend);
-            assert_eq!(d.remaining, limit - after, "{what}: remaining");
-            if d.remaining > 0 {
-                assert_eq!(
-                    d.reset_after_ms, 0,
-                    "{what}: nothing to wait for while some remain"
-                );
-            } else {
-                assert_reset(d.reset_after_ms, &w, what);
-            }
+    /// Checks a key's answer from a decision at `now_ms`, and records the
+    /// requests the store accepted.
+    fn check(
+        &mut self,
+        (key, limit, spends): (Uuid, i32, i32),
+        now_ms: i64,
+        got: KeyRoom,
+        what: &str,
+    ) -> Judged {
+        let window_ms = self.window_ms;
+        let times = self.keys.entry(key).or_default();
+        if let Some(&last) = times.last() {
+            assert!(last <= now_ms, "{what}: the clock went back to {now_ms}");
         }
-        accept(
-            times,
-            d.now_ms,
-            usize::from(d.allowed && spend),
-            limit,
-            what,
+        let cutoff = now_ms - window_ms;
+        let from_edge = times.iter().map(|&t| (t - cutoff).abs()).min();
+        let left = times.partition_point(|&t| t <= cutoff);
+        times.drain(..left);
+        let in_window = i32::try_from(times.len()).expect("a small count");
+        let room = (limit - in_window).max(0);
+        assert_eq!(
+            got.room, room,
+            "{what}: room with {in_window} requests in the window, limit {limit}"
         );
-        !w.near_edge
+        let take = spends.min(room);
+        times.extend(std::iter::repeat_n(
+            now_ms,
+            usize::try_from(take).unwrap_or(0),
+        ));
+        let full = in_window + take >= limit;
+        let reset = if full {
+            // A request is next free once the limit-th newest has left.
+            let limit_th_newest = times[times.len() - usize::try_from(limit).unwrap_or(0)];
+            limit_th_newest + window_ms - now_ms
+        } else {
+            0
+        };
+        assert_eq!(
+            got.reset_after_ms,
+            reset,
+            "{what}: reset with {} requests in the window, limit {limit}",
+            times.len()
+        );
+        Judged {
+            in_window,
+            left,
+            from_edge,
+            take,
+            full,
+        }
     }
 }
 
-/// The model's window over `times` at `now_ms`.
-fn window(times: &[i64], now_ms: i64) -> Window {
-    let cutoff = now_ms - WINDOW_MS;
-    let inside = times.iter().copied().filter(|&t| t > cutoff);
-    Window {
-        in_window: inside.clone().count() as i32,
-        near_edge: times.iter().any(|&t| (t - cutoff).abs() <= EDGE_MS),
-        reset_after_ms: inside.min().unwrap_or(now_ms) + WINDOW_MS - now_ms,
+/// A store whose every decision is checked against the model.
+struct Checked {
+    store: Store,
+    model: Model,
+    raw: Raw,
+    window_ms: i64,
+}
+
+impl Checked {
+    async fn new(window_ms: i64) -> Self {
+        let prefix = prefix();
+        Self {
+            store: store(&prefix).await,
+            model: Model::new(window_ms),
+            raw: Raw::connect(&prefix).await,
+            window_ms,
+        }
+    }
+
+    /// Decides one key alone: its answer and the decision's clock.
+    async fn ask(&mut self, key: Uuid, limit: i32, spends: i32) -> (KeyRoom, i64) {
+        let d = decide(&self.store, &[(key, limit, spends)], self.window_ms).await;
+        let what = format!("limit {limit}, spends {spends} at {}", d.now_ms);
+        self.model
+            .check((key, limit, spends), d.now_ms, d.keys[0], &what);
+        (d.keys[0], d.now_ms)
     }
 }
 
-fn assert_reset(reset_after_ms: i64, w: &Window, what: &str) {
-    assert!(
-        (reset_after_ms - w.reset_after_ms).abs() <= EDGE_MS,
-        "{what}: reset after {reset_after_ms} ms, expected about {}",
-        w.reset_after_ms
-    );
+fn room(room: i32, reset_after_ms: i64) -> KeyRoom {
+    KeyRoom {
+        room,
+        reset_after_ms,
+    }
 }
 
-/// Records `n` requests accepted at `now_ms`; then checks the safety,
-/// whatever the edge: never more than the limit in a window.
-fn accept(times: &mut Vec<i64>, now_ms: i64, n: usize, limit: i32, what: &str) {
-    times.extend(std::iter::repeat_n(now_ms, n));
-    let last = times.last().copied().unwrap_or(now_ms);
-    let recent = times
+/// How often the random test met each case it is about.
+#[derive(Debug, Default)]
+struct Seen {
+    judged: u32,
+    /// The batch left the key no room.
+    full: u32,
+    /// The key's spends exceeded its room, which was not 0.
+    beyond_room: u32,
+    /// The key had spends and no room.
+    refused: u32,
+    /// More requests in the window than a lowered limit.
+    over_limit: u32,
+    /// Some of the key's requests had left the window, some not.
+    part_left: u32,
+    /// A request time within 2 ms of the window's start.
+    near_edge: u32,
+    /// A request time exactly at the window's start (`now - window`).
+    on_edge: u32,
+}
+
+impl Seen {
+    fn count(&mut self, (_, limit, spends): (Uuid, i32, i32), got: KeyRoom, j: &Judged) {
+        self.judged += 1;
+        self.full += u32::from(j.full);
+        self.beyond_room += u32::from(spends > got.room && got.room > 0);
+        self.refused += u32::from(spends > 0 && got.room == 0);
+        self.over_limit += u32::from(j.in_window > limit);
+        self.part_left += u32::from(j.left > 0 && j.in_window > 0);
+        self.near_edge += u32::from(j.from_edge.is_some_and(|e| e <= 2));
+        self.on_edge += u32::from(j.from_edge == Some(0));
+    }
+}
+
+/// Random batches over five keys: limits of 1 to 8, now and then changed
+/// (lowered below a key's count as well as raised), spends of 0 up to two
+/// beyond the limit, and sleeps short, long (parts of the histories leave)
+/// or up to the window's edge. At the edge, reads follow one another until
+/// the request has left: one of them is decided at the very millisecond at
+/// which it is `now - window`, where `>` against `>=` decides.
+#[tokio::test]
+async fn random_batches_agree_with_the_exact_sliding_window() {
+    const LIMITS: [i32; 5] = [1, 2, 3, 5, 8];
+    let mut rng = StdRng::seed_from_u64(0x7265_6469_735f_726c);
+    let mut checked = Checked::new(WINDOW_MS).await;
+    let keys: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let mut limits: HashMap<Uuid, i32> = keys
         .iter()
-        .filter(|&&t| t > last - WINDOW_MS + EDGE_MS)
-        .count() as i32;
-    assert!(
-        recent <= limit,
-        "{what}: {recent} accepted within one window, limit {limit}"
-    );
-}
-
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn random_batches_agree_with_the_exact_sliding_window(db: PgPool) {
-    let mut rng = StdRng::seed_from_u64(0x6a65_616e_7573);
-    let keys: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
-    let mut limits: HashMap<Uuid, i32> = keys.iter().map(|k| (*k, rng.gen_range(1..=6))).collect();
-    let mut model = Model::default();
-    let mut judged = 0;
-    let mut refused = 0;
-    for batch_no in 0..120 {
-        if batch_no == 60 {
-            // One key's limit changes mid-run.
-            limits.insert(keys[0], 3);
-        }
-        let n = rng.gen_range(1..=12);
-        let batch: Vec<(Uuid, i32, bool)> = (0..n)
-            .map(|_| {
-                let key = keys[rng.gen_range(0..keys.len())];
-                (key, limits[&key], rng.gen_bool(0.85))
-            })
-            .collect();
-        let decisions = decide(&db, &batch, WINDOW_MS).await;
-        for (i, ((key, limit, spend), d)) in batch.iter().zip(&decisions).enumerate() {
-            if model.check(
-                *key,
-                *limit,
-                *spend,
-                d,
-                &format!("batch {batch_no}, request {i}"),
-            ) {
-                judged += 1;
-            }
-            refused += usize::from(!d.allowed);
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
-    }
-    // The run must have exercised both sides of the limit.
-    assert!(judged > 500, "only {judged} decisions were judged");
-    assert!(
-        refused > 50,
-        "only {refused} refusals: the limit was never reached"
-    );
-}
-
-/// A key with a long history that then goes idle is, after the window, as
-/// free as a new one: the advance finds the window's start however many
-/// requests left it, without reading them one by one.
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn a_long_history_leaves_the_window_at_once(db: PgPool) {
-    let key = Uuid::now_v7();
-    let limit = 5_000;
-    for _ in 0..4 {
-        let batch = vec![(key, limit, true); 1_000];
-        let decisions = decide(&db, &batch, WINDOW_MS).await;
-        assert!(decisions.iter().all(|d| d.allowed));
-    }
-    let d = &decide(&db, &[(key, limit, false)], WINDOW_MS).await[0];
-    assert_eq!(d.remaining, 1_000, "4,000 of 5,000 are in the window");
-
-    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 50)).await;
-    let d = &decide(&db, &[(key, limit, true)], WINDOW_MS).await[0];
-    assert!(d.allowed);
-    assert_eq!(
-        d.remaining,
-        limit - 1,
-        "the whole history has left the window"
-    );
-    let (start, accepted): (i64, i64) =
-        sqlx::query_as("select window_start, accepted from rate_limit_state where key_id = $1")
-            .bind(key)
-            .fetch_one(&db)
-            .await
-            .expect("the key has a state row");
-    assert_eq!((start, accepted), (4_000, 4_001));
-}
-
-/// Half a history leaves: the window starts at the first request still in it.
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn part_of_a_history_leaves_the_window(db: PgPool) {
-    let key = Uuid::now_v7();
-    let limit = 1_000;
-    let first = decide(&db, &vec![(key, limit, true); 300], 400).await;
-    assert!(first.iter().all(|d| d.allowed));
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let second = decide(&db, &vec![(key, limit, true); 200], 400).await;
-    assert!(second.iter().all(|d| d.allowed));
-    assert_eq!(second.last().expect("a decision").remaining, 500);
-    // The first 300 leave; the next 200 stay.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let d = &decide(&db, &[(key, limit, false)], 400).await[0];
-    assert_eq!(d.remaining, 800, "only the second batch is in the window");
-    let start: i64 =
-        sqlx::query_scalar("select window_start from rate_limit_state where key_id = $1")
-            .bind(key)
-            .fetch_one(&db)
-            .await
-            .expect("the key has a state row");
-    assert_eq!(start, 300);
-}
-
-/// Refused requests spend nothing, and a read (`consume = false`) never does.
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn refusals_and_reads_spend_nothing(db: PgPool) {
-    let key = Uuid::now_v7();
-    let batch = vec![
-        (key, 2, false),
-        (key, 2, true),
-        (key, 2, false),
-        (key, 2, true),
-        (key, 2, true),
-        (key, 2, false),
-    ];
-    let d = decide(&db, &batch, 60_000).await;
-    let got: Vec<(bool, i32)> = d.iter().map(|d| (d.allowed, d.remaining)).collect();
-    assert_eq!(
-        got,
-        vec![
-            (true, 2),
-            (true, 1),
-            (true, 1),
-            (true, 0),
-            (false, 0),
-            (false, 0)
-        ]
-    );
-    assert!(d[4].reset_after_ms > 59_000 && d[4].reset_after_ms <= 60_000);
-    let accepted: i64 =
-        sqlx::query_scalar("select accepted from rate_limit_state where key_id = $1")
-            .bind(key)
-            .fetch_one(&db)
-            .await
-            .expect("the key has a state row");
-    assert_eq!(accepted, 2);
-}
-
-/// Batches from several connections at once on the same keys, as from
-/// several api instances: each key gets exactly its limit accepted, however
-/// the batches interleave, whether a key's state is created by the batch
-/// (the first ones) or already there (the one-statement path of 0014).
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn concurrent_batches_on_shared_keys_accept_exactly_the_limit(db: PgPool) {
-    let keys: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-    let limit = 50;
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..4 {
-        let (db, keys) = (db.clone(), keys.clone());
-        tasks.spawn(async move {
-            let mut accepted: HashMap<Uuid, i32> = HashMap::new();
-            for batch_no in 0..40 {
-                let batch: Vec<(Uuid, i32, bool)> = (0..6)
-                    .map(|i| (keys[(task + batch_no + i) % keys.len()], limit, true))
-                    .collect();
-                let decisions = decide(&db, &batch, 60_000).await;
-                for ((key, _, _), d) in batch.iter().zip(&decisions) {
-                    *accepted.entry(*key).or_default() += i32::from(d.allowed);
-                }
-            }
-            accepted
-        });
-    }
-    // 320 requests per key within one window: exactly `limit` accepted.
-    assert_each_key_took_exactly(&db, tasks, &keys, limit).await;
-}
-
-/// The deciding tasks' acceptances, summed per key, are exactly `limit`
-/// for each of `keys`, and so is each key's stored count.
-async fn assert_each_key_took_exactly(
-    db: &PgPool,
-    mut tasks: tokio::task::JoinSet<HashMap<Uuid, i32>>,
-    keys: &[Uuid],
-    limit: i32,
-) {
-    let mut accepted: HashMap<Uuid, i32> = HashMap::new();
-    while let Some(joined) = tasks.join_next().await {
-        for (key, n) in joined.expect("a deciding task") {
-            *accepted.entry(key).or_default() += n;
-        }
-    }
-    for key in keys {
-        assert_eq!(accepted.get(key), Some(&limit), "key {key}");
-        let stored: i64 =
-            sqlx::query_scalar("select accepted from rate_limit_state where key_id = $1")
-                .bind(key)
-                .fetch_one(db)
-                .await
-                .expect("the key has a state row");
-        assert_eq!(stored, i64::from(limit));
-    }
-}
-
-// ---- one row per key (migration 0019) ---------------------------------------
-
-#[derive(Debug, sqlx::FromRow)]
-struct KeyDecision {
-    idx: i64,
-    room: i32,
-    reset_after_ms: i64,
-    now_ms: i64,
-}
-
-/// `jeanus_rate_limit_keys` for `keys` (each once): (key, limit, spends).
-async fn decide_keys(db: &PgPool, keys: &[(Uuid, i32, i32)], window_ms: i64) -> Vec<KeyDecision> {
-    let rows: Vec<KeyDecision> = sqlx::query_as(
-        "select idx, room, reset_after_ms, now_ms from jeanus_rate_limit_keys($1, $2, $3, $4)",
-    )
-    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
-    .bind(window_ms)
-    .fetch_all(db)
-    .await
-    .expect("jeanus_rate_limit_keys runs");
-    let order: Vec<i64> = rows.iter().map(|r| r.idx).collect();
-    assert_eq!(
-        order,
-        (1..=keys.len() as i64).collect::<Vec<_>>(),
-        "one row per key, in order"
-    );
-    rows
-}
-
-/// Each key's room against the model of the exact window, over random
-/// batches (spends of 0 to 3 per key, limits of 1 to 6, sleeps across the
-/// window's edge), through the general path (new keys, a changed limit,
-/// windows to advance) and the one-statement path alike.
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn per_key_rooms_agree_with_the_exact_sliding_window(db: PgPool) {
-    let mut rng = StdRng::seed_from_u64(0x0019_6b65_7973);
-    let keys: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
-    let mut limits: HashMap<Uuid, i32> = keys.iter().map(|k| (*k, rng.gen_range(1..=6))).collect();
-    let mut model = Model::default();
-    let (mut judged, mut full) = (0, 0);
-    for batch_no in 0..120 {
-        if batch_no == 60 {
-            limits.insert(keys[0], 3);
+        .map(|k| (*k, LIMITS[rng.gen_range(0..LIMITS.len())]))
+        .collect();
+    let mut seen = Seen::default();
+    for batch_no in 0..150 {
+        if rng.gen_bool(0.08) {
+            let key = keys[rng.gen_range(0..keys.len())];
+            limits.insert(key, LIMITS[rng.gen_range(0..LIMITS.len())]);
         }
         let mut batch: Vec<(Uuid, i32, i32)> = Vec::new();
         for key in &keys {
             if rng.gen_bool(0.7) {
-                batch.push((*key, limits[key], rng.gen_range(0..=3)));
+                batch.push((*key, limits[key], rng.gen_range(0..=limits[key] + 2)));
             }
         }
         if batch.is_empty() {
             continue;
         }
-        let decisions = decide_keys(&db, &batch, WINDOW_MS).await;
-        for ((key, limit, spends), d) in batch.iter().zip(&decisions) {
-            let what = format!("batch {batch_no}, key {key}");
-            let times = model.times(*key, *limit);
-            let w = window(times, d.now_ms);
-            if !w.near_edge {
-                assert_eq!(d.room, limit - w.in_window, "{what}: room");
-                if d.room <= *spends {
-                    assert_reset(d.reset_after_ms, &w, &what);
-                    full += 1;
-                }
-                judged += 1;
+        let d = decide(&checked.store, &batch, WINDOW_MS).await;
+        let decided_at = Instant::now();
+        for (&asked, &got) in batch.iter().zip(&d.keys) {
+            let what = format!("batch {batch_no}, {asked:?}");
+            let j = checked.model.check(asked, d.now_ms, got, &what);
+            seen.count(asked, got, &j);
+            if j.take > 0 {
+                let ttl = checked.raw.pttl(asked.0).await;
+                assert!(
+                    (1..=WINDOW_MS).contains(&ttl),
+                    "{what}: the key expires in {ttl} ms, the window is {WINDOW_MS} ms"
+                );
             }
-            let take = (*spends).min(d.room.max(0));
-            accept(times, d.now_ms, take as usize, *limit, &what);
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
-    }
-    assert!(judged > 200, "only {judged} rooms were judged");
-    assert!(full > 30, "only {full} keys ran out of room");
-}
-
-/// Batches of the same keys from several connections at once, as from
-/// several api instances: exactly the limit is accepted per key.
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn concurrent_per_key_batches_accept_exactly_the_limit(db: PgPool) {
-    let keys: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-    let limit = 50;
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..4 {
-        let (db, keys) = (db.clone(), keys.clone());
-        tasks.spawn(async move {
-            let mut taken: HashMap<Uuid, i32> = HashMap::new();
-            for batch_no in 0..40 {
-                let batch: Vec<(Uuid, i32, i32)> = keys
-                    .iter()
-                    .map(|k| (*k, limit, (task + batch_no) % 3))
-                    .collect();
-                for ((key, _, spends), d) in
-                    batch.iter().zip(decide_keys(&db, &batch, 60_000).await)
-                {
-                    *taken.entry(*key).or_default() += (*spends).min(d.room.max(0));
+        let pause = rng.gen_range(0..100);
+        if pause < 50 {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
+        } else if pause < 85 {
+            // The store's clock now, as far as this process can tell.
+            let now = d.now_ms + i64::try_from(decided_at.elapsed().as_millis()).unwrap_or(0);
+            let next = checked
+                .model
+                .keys
+                .iter()
+                .flat_map(|(key, times)| times.iter().map(move |&t| (t + WINDOW_MS, *key)))
+                .filter(|&(edge, _)| edge > now)
+                .min();
+            let Some((edge, key)) = next else { continue };
+            let wait = u64::try_from(edge - 2 - now).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            loop {
+                let asked = (key, limits[&key], 0);
+                let d = decide(&checked.store, &[asked], WINDOW_MS).await;
+                let what = format!("batch {batch_no}, a read at the edge {edge}, {asked:?}");
+                let j = checked.model.check(asked, d.now_ms, d.keys[0], &what);
+                seen.count(asked, d.keys[0], &j);
+                if d.now_ms > edge {
+                    break;
                 }
             }
-            taken
-        });
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(150..300))).await;
+        }
     }
-    assert_each_key_took_exactly(&db, tasks, &keys, limit).await;
+    // The run must have exercised every case it is about.
+    assert!(seen.judged > 500, "{seen:?}");
+    assert!(seen.full > 200, "{seen:?}");
+    assert!(seen.beyond_room > 50, "{seen:?}");
+    assert!(seen.refused > 100, "{seen:?}");
+    assert!(seen.over_limit > 0, "{seen:?}");
+    assert!(seen.part_left > 30, "{seen:?}");
+    assert!(seen.near_edge > 50, "{seen:?}");
+    assert!(seen.on_edge > 10, "{seen:?}");
 }
 
-/// A key in steady use sees its oldest requests leave its window with
-/// nearly every batch. `jeanus_rate_limit_keys` moves such a window itself
-/// when the first request still inside is at most 256 past the old start,
-/// and leaves a longer move to the general path (`jeanus_rate_limit`, counted
-/// with `track_functions`); the rooms agree with the exact window either way.
-#[sqlx::test(migrator = "schema::MIGRATOR")]
-async fn a_window_moves_in_one_statement_within_reach_and_by_the_general_path_beyond(db: PgPool) {
-    const WINDOW_MS: i64 = 2000;
-    const LIMIT: i32 = 1000;
-    let mut conn = db.acquire().await.expect("a connection");
-    sqlx::query("set track_functions = 'pl'")
-        .execute(&mut *conn)
-        .await
-        .expect("count function calls");
-    // The key's room, and whether the general path ran.
-    let mut call = async |key: Uuid, spend: i32| -> (i32, bool) {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
-        let general_calls = "select coalesce(pg_stat_get_xact_function_calls(\
-             'jeanus_rate_limit(uuid[], integer[], boolean[], bigint)'::regprocedure), 0)";
-        let before: i64 = sqlx::query_scalar(general_calls)
-            .fetch_one(&mut *tx)
-            .await
-            .expect("calls before");
-        let room: i32 = sqlx::query_scalar(
-            "select room from jeanus_rate_limit_keys(array[$1], array[$2], array[$3], $4)",
-        )
-        .bind(key)
-        .bind(LIMIT)
-        .bind(spend)
-        .bind(WINDOW_MS)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("jeanus_rate_limit_keys runs");
-        let after: i64 = sqlx::query_scalar(general_calls)
-            .fetch_one(&mut *tx)
-            .await
-            .expect("calls after");
-        tx.commit().await.expect("commit");
-        (room, after > before)
-    };
-    for (first, beyond_reach) in [(200, false), (400, true)] {
-        let key = Uuid::now_v7();
-        assert_eq!(call(key, first).await.0, LIMIT, "a new key");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (room, general) = call(key, 100).await;
-        assert_eq!(room, LIMIT - first);
-        assert!(!general, "nothing has left the window: one statement");
-        // The first batch has left (2,200 ms ago), the second not (1,700).
-        tokio::time::sleep(Duration::from_millis(1700)).await;
-        let (room, general) = call(key, 0).await;
-        assert_eq!(room, LIMIT - 100, "{first} requests left the window");
-        assert_eq!(general, beyond_reach, "moving past {first} requests");
+/// A key with a long history is, once the history has left the window, as
+/// free as a new one, in one call: whether a newer request kept the key
+/// (the store drops the 499 that left in that call) or the key expired.
+#[tokio::test]
+async fn a_long_history_leaves_the_window_at_once() {
+    let mut c = Checked::new(WINDOW_MS).await;
+    let (key, limit) = (Uuid::now_v7(), 500);
+    let (got, t0) = c.ask(key, limit, 499).await;
+    assert_eq!(got, room(limit, 0));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (got, t1) = c.ask(key, limit, 1).await;
+    assert_eq!(
+        got,
+        room(1, t0 + WINDOW_MS - t1),
+        "full until the 499 leave"
+    );
+    assert_eq!(c.raw.len(key).await, 500);
+
+    // The 499 have left; the last one has not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (got, _) = c.ask(key, limit, 0).await;
+    assert_eq!(got, room(limit - 1, 0), "the 499 left at once");
+    assert_eq!(c.raw.len(key).await, 1, "the store dropped them");
+
+    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 50)).await;
+    let (got, t2) = c.ask(key, limit, limit).await;
+    assert_eq!(
+        got,
+        room(limit, WINDOW_MS),
+        "the whole room is back; the batch takes it all until {}",
+        t2 + WINDOW_MS
+    );
+    assert_eq!(c.raw.len(key).await, i64::from(limit));
+}
+
+/// More spends in one call than the script pushes at once (Lua's `unpack`
+/// takes a few thousand values): all of them recorded, and an earlier key of
+/// the same call charged once.
+#[tokio::test]
+async fn a_large_batch_of_spends_is_recorded_whole() {
+    let prefix = prefix();
+    let (store, raw) = (store(&prefix).await, Raw::connect(&prefix).await);
+    let (small, large) = (Uuid::now_v7(), Uuid::now_v7());
+    let decided = decide(
+        &store,
+        &[(small, 10, 1), (large, 20_000, 8_500)],
+        LONG_WINDOW_MS,
+    )
+    .await;
+    assert_eq!(decided.keys, vec![room(10, 0), room(20_000, 0)]);
+    assert_eq!(raw.len(large).await, 8_500);
+    let decided = decide(
+        &store,
+        &[(small, 10, 0), (large, 20_000, 0)],
+        LONG_WINDOW_MS,
+    )
+    .await;
+    assert_eq!(
+        decided.keys,
+        vec![room(9, 0), room(11_500, 0)],
+        "each key charged once"
+    );
+}
+
+/// Part of a history leaves: the requests older than the window go, the
+/// newer stay and still count.
+#[tokio::test]
+async fn part_of_a_history_leaves_the_window() {
+    let mut c = Checked::new(400).await;
+    let (key, limit) = (Uuid::now_v7(), 1_000);
+    assert_eq!(c.ask(key, limit, 300).await.0, room(limit, 0));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(c.ask(key, limit, 200).await.0, room(700, 0));
+    // The first 300 leave; the next 200 stay.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        c.ask(key, limit, 0).await.0,
+        room(800, 0),
+        "only the second batch is in the window"
+    );
+    assert_eq!(c.raw.len(key).await, 200);
+}
+
+/// A read (spends 0) spends nothing and stores nothing; of a key's spends
+/// beyond its room, the store records none: once the accepted requests
+/// have left the window, the key has exactly its limit again, though the
+/// refusals came later.
+#[tokio::test]
+async fn reads_and_refusals_spend_nothing() {
+    let mut c = Checked::new(WINDOW_MS).await;
+    let (key, limit) = (Uuid::now_v7(), 2);
+    assert_eq!(c.ask(key, limit, 0).await.0, room(2, 0));
+    assert_eq!(c.raw.pttl(key).await, -2, "a read stores nothing");
+    let (got, t0) = c.ask(key, limit, 1).await;
+    assert_eq!(got, room(2, 0));
+    assert_eq!(c.ask(key, limit, 0).await.0, room(1, 0), "a read: still 1");
+    let (got, t1) = c.ask(key, limit, 3).await;
+    assert_eq!(got, room(1, t0 + WINDOW_MS - t1), "one of three accepted");
+    assert_eq!(c.raw.len(key).await, 2);
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (got, t2) = c.ask(key, limit, 5).await;
+    assert_eq!(got, room(0, t0 + WINDOW_MS - t2), "all five refused");
+    let (got, t3) = c.ask(key, limit, 0).await;
+    assert_eq!(got, room(0, t0 + WINDOW_MS - t3));
+    assert_eq!(c.raw.len(key).await, 2, "the refusals recorded nothing");
+
+    // The accepted two have left; refusals, had they counted, would not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (got, t4) = c.ask(key, limit, 0).await;
+    assert!(t4 - t2 < WINDOW_MS, "the refusals are still in the window");
+    assert_eq!(got, room(limit, 0), "exactly the limit again");
+}
+
+/// A limit lowered below a key's count in the window leaves it no room
+/// until enough requests have left to get under the new limit; a limit
+/// raised gives room at once. The key keeps its history through both.
+#[tokio::test]
+async fn a_lowered_limit_waits_and_a_raised_one_gives_room_at_once() {
+    const WINDOW: i64 = 400;
+    let mut c = Checked::new(WINDOW).await;
+    let key = Uuid::now_v7();
+    let (got, t0) = c.ask(key, 5, 2).await;
+    assert_eq!(got, room(5, 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (got, t1) = c.ask(key, 5, 3).await;
+    assert_eq!(
+        got,
+        room(3, t0 + WINDOW - t1),
+        "full until the first two leave"
+    );
+
+    // Five in the window: under a limit of 2 once four have left (the
+    // three of t1 the last), under 4 once two have (both of t0).
+    let (got, now) = c.ask(key, 2, 0).await;
+    assert_eq!(got, room(0, t1 + WINDOW - now), "limit lowered to 2");
+    let (got, now) = c.ask(key, 4, 1).await;
+    assert_eq!(got, room(0, t0 + WINDOW - now), "limit lowered to 4");
+    assert_eq!(c.raw.len(key).await, 5, "the refusal recorded nothing");
+
+    let (got, t2) = c.ask(key, 8, 2).await;
+    assert_eq!(got, room(3, 0), "limit raised to 8: room at once");
+    let (got, now) = c.ask(key, 6, 1).await;
+    assert_eq!(got, room(0, t0 + WINDOW - now), "7 in the window, limit 6");
+
+    // t0's two have left; t1's three and t2's two have not.
+    let wait = t0 + WINDOW + 30 - now;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+    let (got, now) = c.ask(key, 2, 0).await;
+    assert!(now < t1 + WINDOW, "t1's requests are still in the window");
+    assert_eq!(got, room(0, t2 + WINDOW - now), "5 in the window, limit 2");
+    assert_eq!(c.raw.len(key).await, 5);
+}
+
+/// Several stores, each its own connection as each api instance has, decide
+/// concurrent batches on shared keys: every key accepts exactly its limit
+/// within the window, never more, however the batches interleave.
+#[tokio::test]
+async fn concurrent_batches_from_several_stores_accept_exactly_the_limit() {
+    let prefix = prefix();
+    let keys: Vec<(Uuid, i32)> = [50, 7, 1].map(|limit| (Uuid::now_v7(), limit)).to_vec();
+    let mut tasks = tokio::task::JoinSet::new();
+    for instance in 0..4 {
+        let instance_store = store(&prefix).await;
+        for task in 0..4 {
+            let (store, keys) = (instance_store.clone(), keys.clone());
+            tasks.spawn(async move {
+                let mut taken: HashMap<Uuid, (i32, i32)> = HashMap::new();
+                let mut rooms: HashMap<Uuid, i32> = HashMap::new();
+                for call in 0..40 {
+                    let batch: Vec<(Uuid, i32, i32)> = keys
+                        .iter()
+                        .map(|&(key, limit)| (key, limit, (instance + task + call) % 4))
+                        .collect();
+                    let d = decide(&store, &batch, LONG_WINDOW_MS).await;
+                    for (&(key, limit, spends), got) in batch.iter().zip(&d.keys) {
+                        let before = rooms.insert(key, got.room).unwrap_or(limit);
+                        assert!(
+                            (0..=before).contains(&got.room),
+                            "key {key}: room {} after {before}",
+                            got.room
+                        );
+                        let t = taken.entry(key).or_default();
+                        t.0 += spends.min(got.room);
+                        t.1 += spends;
+                    }
+                }
+                taken
+            });
+        }
     }
+    let mut taken: HashMap<Uuid, (i32, i32)> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        for (key, (accepted, asked)) in joined.expect("a deciding task") {
+            let t = taken.entry(key).or_default();
+            t.0 += accepted;
+            t.1 += asked;
+        }
+    }
+    let raw = Raw::connect(&prefix).await;
+    let store = store(&prefix).await;
+    for &(key, limit) in &keys {
+        let (accepted, asked) = taken[&key];
+        assert!(asked > 10 * limit, "key {key}: only {asked} spends asked");
+        assert_eq!(accepted, limit, "key {key}: accepted of {asked}");
+        assert_eq!(raw.len(key).await, i64::from(limit), "key {key}: recorded");
+        let d = decide(&store, &[(key, limit, 1)], LONG_WINDOW_MS).await;
+        assert_eq!(d.keys[0].room, 0, "key {key}: no room left");
+    }
+}
+
+/// A key expires once its requests have all left the window: accepting a
+/// request sets its time to live to the window (no longer, and renewed by
+/// each later acceptance, or the key would go while a request is still in
+/// the window), and a read creates no key.
+#[tokio::test]
+async fn keys_expire_with_their_window() {
+    const WINDOW: i64 = 400;
+    let mut c = Checked::new(WINDOW).await;
+    let (key, limit) = (Uuid::now_v7(), 3);
+    c.ask(key, limit, 0).await;
+    assert_eq!(c.raw.pttl(key).await, -2, "a read creates no key");
+
+    c.ask(key, limit, 1).await;
+    let ttl = c.raw.pttl(key).await;
+    assert!(
+        (WINDOW - 100..=WINDOW).contains(&ttl),
+        "expires in {ttl} ms"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = c.raw.pttl(key).await;
+    c.ask(key, limit, 1).await;
+    let after = c.raw.pttl(key).await;
+    assert!(
+        before < WINDOW - 200 && (before + 100..=WINDOW).contains(&after),
+        "an acceptance renews the expiry: {before} ms before, {after} ms after"
+    );
+
+    // The first request has left, the second not: the key is still there.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(c.ask(key, limit, 0).await.0, room(2, 0));
+    assert_eq!(c.raw.len(key).await, 1);
+
+    tokio::time::sleep(Duration::from_millis(WINDOW as u64)).await;
+    assert_eq!(c.raw.pttl(key).await, -2, "the key has expired");
+    assert_eq!(c.ask(key, limit, 0).await.0, room(3, 0));
 }

@@ -214,6 +214,7 @@ async fn api_processes_killed_with_sigkill_mid_stream_lose_and_duplicate_nothing
     let service_env = [
         ("DATABASE_URL", env.database_url.clone()),
         ("NATS_URL", env.nats_url.clone()),
+        ("REDIS_URL", env.redis_url.clone()),
         ("JEANUS_NATS_PREFIX", env.prefix().to_owned()),
         ("JEANUS_API_ADDR", "127.0.0.1:0".to_owned()),
     ];

@@ -1,5 +1,6 @@
 //! Liveness and readiness: `/healthz` says the process answers, `/readyz`
-//! that PostgreSQL and NATS are reachable and every migration is applied.
+//! that PostgreSQL, NATS and Redis are reachable and every migration is
+//! applied.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::state::AppState;
 
-/// How long `/readyz` waits for PostgreSQL before calling it down.
+/// How long `/readyz` waits for PostgreSQL (and Redis) before calling it down.
 const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 const OK: &str = "ok";
@@ -60,13 +61,16 @@ pub struct Checks {
     /// `ok`, `connecting` or `disconnected`.
     #[schema(example = "ok")]
     nats: &'static str,
+    /// The rate limiter's store: `ok`, `timeout` or `unreachable`.
+    #[schema(example = "ok")]
+    redis: &'static str,
     /// `ok`, `pending`, `failed`, `checksum_mismatch`, or `unknown` while
     /// PostgreSQL is down.
     #[schema(example = "ok")]
     migrations: &'static str,
 }
 
-/// Readiness: PostgreSQL and NATS reachable, every migration applied.
+/// Readiness: PostgreSQL, NATS and Redis reachable, every migration applied.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -77,18 +81,25 @@ pub struct Checks {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let (postgres, migrations) = check_database(&state.db).await;
     let nats = match state.nats.connection_state() {
         async_nats::connection::State::Connected => OK,
         async_nats::connection::State::Pending => "connecting",
         async_nats::connection::State::Disconnected => "disconnected",
     };
+    let (redis, (postgres, migrations)) = tokio::join!(
+        async {
+            let store = state.limiter.store();
+            store.ping(DATABASE_CHECK_TIMEOUT).await.err().unwrap_or(OK)
+        },
+        check_database(&state.db)
+    );
     let checks = Checks {
         postgres,
         nats,
+        redis,
         migrations,
     };
-    if [postgres, nats, migrations].iter().all(|c| *c == OK) {
+    if [postgres, nats, redis, migrations].iter().all(|c| *c == OK) {
         let ready = Readiness {
             status: "ready",
             checks,

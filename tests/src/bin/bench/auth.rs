@@ -1,7 +1,7 @@
 //! The `auth` scenario (issue 3): what the layers on `/api/v1` cost. In one
 //! run, against one in-process api: authenticated `GET /api/v1/me` (every
 //! layer: authentication through the key cache, scope, IP allowlist, the
-//! global rate limit in PostgreSQL, the durable audit entry) against
+//! global rate limit in Redis, the durable audit entry in PostgreSQL) against
 //! unauthenticated `GET /healthz` (none of them), at the same concurrency;
 //! the time authentication itself takes on a cache hit; and the database
 //! queries a malformed key causes (none).
@@ -10,7 +10,7 @@
 //! models (no projector runs): what is measured is the request path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
@@ -28,7 +28,6 @@ use uuid::Uuid;
 use crate::cpu;
 use crate::database::Scratch;
 use crate::harness::{self, Measured, Window};
-use crate::instructions::{self, Cluster};
 use crate::report::{thousands, Section};
 use crate::Common;
 
@@ -62,8 +61,6 @@ pub struct Args {
         hide_env_values = true
     )]
     nats_url: String,
-    #[command(flatten)]
-    instructions: instructions::Options,
 }
 
 impl Default for Args {
@@ -73,7 +70,6 @@ impl Default for Args {
             rounds: DEFAULT_ROUNDS,
             nats_url: std::env::var("NATS_URL")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
-            instructions: instructions::Options::default(),
         }
     }
 }
@@ -91,6 +87,10 @@ struct Figures {
     /// CPU time of PostgreSQL (the api's backends and the server's
     /// background processes) per request measured, over the same window.
     postgres_cpu_us: f64,
+    /// CPU time of the Redis server (the rate limiter's store) per request
+    /// measured, over the same window; `None` when it is not a process of
+    /// this machine.
+    redis_cpu_us: Option<f64>,
 }
 
 impl Figures {
@@ -103,6 +103,7 @@ impl Figures {
             max_ms: m.max_ms(),
             process_cpu_us: 0.0,
             postgres_cpu_us: 0.0,
+            redis_cpu_us: None,
         }
     }
 }
@@ -161,64 +162,34 @@ pub async fn run(common: &Common, args: &Args) -> anyhow::Result<Section> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     scratch.drop().await;
-    let results = measured?;
-    let limiter = match args.instructions.cluster().await? {
-        Some(cluster) => count_limiter(&cluster).await?,
-        None => Vec::new(),
-    };
-    Ok(section(&results, &limiter, window))
+    Ok(section(&measured?, window))
 }
 
-/// Keys per `jeanus_rate_limit_keys` call whose instructions are counted: one,
-/// and a batch as this scenario's load makes them.
-const LIMITER_KEYS: [usize; 2] = [1, 32];
-const LIMITER_WARM_UP: usize = 20;
-const LIMITER_MEASURED: usize = 40;
+/// The Redis server's process id, when it runs on this machine (for its CPU
+/// time): found once, by [`measure`].
+static REDIS_PID: OnceLock<Option<u32>> = OnceLock::new();
 
-/// Instructions per call of `jeanus_rate_limit_keys` for `keys` keys, each
-/// spending one request far below its limit: this scenario's common case.
-#[derive(Debug, Serialize)]
-struct LimiterCounted {
-    keys: usize,
-    per_call: f64,
-}
-
-/// The limiter's instructions per call in the database, counted as `chain`
-/// counts appends ([`instructions`]): the same call again and again, on
-/// keys whose states the warm-up created.
-async fn count_limiter(cluster: &Cluster) -> anyhow::Result<Vec<LimiterCounted>> {
-    let mut counted = Vec::with_capacity(LIMITER_KEYS.len());
-    for keys in LIMITER_KEYS {
-        let prepare = format!(
-            "prepare decide as select count(*) as decided from limiter_keys, \
-             jeanus_rate_limit_keys(k, array_fill({BENCH_RATE_LIMIT}, array[{keys}]), \
-             array_fill(1, array[{keys}]), 60000);\n"
-        );
-        let calls = |_, n: usize| Ok(format!("{prepare}{}", "execute decide;\n".repeat(n)));
-        let setup = format!(
-            "create table limiter_keys as \
-             select array_agg(gen_random_uuid()) as k from generate_series(1, {keys});\n{}",
-            calls(0, LIMITER_WARM_UP)?
-        );
-        let check = |output: &str, n: usize| {
-            let decided = instructions::answered(output, "decided", keys);
-            ensure!(
-                decided == n,
-                "{decided} of {n} calls decided for their {keys} keys: {}",
-                instructions::first_error(output)
-            );
-            Ok(())
-        };
-        let per_call = cluster
-            .per_call(&setup, LIMITER_WARM_UP, LIMITER_MEASURED, calls, check)
-            .await?;
-        eprintln!(
-            "auth: instructions per jeanus_rate_limit_keys call, keys {keys}: {}",
-            thousands(per_call)
-        );
-        counted.push(LimiterCounted { keys, per_call });
-    }
-    Ok(counted)
+/// The process id Redis at `url` reports, if that process is a `redis-*`
+/// of this machine.
+async fn redis_pid(url: &str) -> Option<u32> {
+    let mut conn = redis::Client::open(url)
+        .ok()?
+        .get_multiplexed_async_connection()
+        .await
+        .ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let pid: u32 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.starts_with("redis").then_some(pid)
 }
 
 async fn measure(
@@ -233,6 +204,9 @@ async fn measure(
     let prefix = format!("bench{}", &Uuid::new_v4().simple().to_string()[..12]);
     let config = api::config::Config::for_test(database_url, &args.nats_url, &prefix)
         .context("failed to configure the api")?;
+    if REDIS_PID.get().is_none() {
+        let _ = REDIS_PID.set(redis_pid(&config.redis_url).await);
+    }
     let stream = config.nats_prefix.stream_name();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
@@ -434,6 +408,7 @@ async fn closed_loop(
     let sent = Arc::new(AtomicU64::new(0));
     let (measured, cpu) = cpu::during(
         stats,
+        REDIS_PID.get().copied().flatten(),
         window,
         harness::run(args.clients, window, {
             let client = client.clone();
@@ -456,14 +431,16 @@ async fn closed_loop(
     let per_request = |d: Duration| d.as_secs_f64() * 1e6 / measured.operations.max(1) as f64;
     figures.process_cpu_us = per_request(cpu.here);
     figures.postgres_cpu_us = per_request(cpu.postgres);
+    figures.redis_cpu_us = cpu.redis.map(per_request);
     eprintln!(
         "auth: GET {path:<12} {:>8} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  \
-         CPU/request: {:.0} µs here, {:.0} µs in PostgreSQL",
+         CPU/request: {:.0} µs here, {:.0} µs in PostgreSQL, {:.1} µs in Redis",
         thousands(figures.per_s),
         figures.p50_ms,
         figures.p99_ms,
         figures.process_cpu_us,
         figures.postgres_cpu_us,
+        figures.redis_cpu_us.unwrap_or(f64::NAN),
     );
     Ok((figures, sent))
 }
@@ -687,15 +664,15 @@ pub fn database_url_for(base: &str, database: &str) -> String {
     }
 }
 
-fn section(r: &Results, limiter: &[LimiterCounted], window: Window) -> Section {
+fn section(r: &Results, window: Window) -> Section {
     let mut md = String::from("## auth: every /api/v1 layer against none\n\n");
     md.push_str(&format!(
         "One in-process api (pool of 32 connections), {} concurrent HTTP/1.1 clients in a \
          closed loop on the same machine, {} s measured after {} s warm-up. `GET /healthz` \
          passes no layer but request id, trace and timeout; `GET /api/v1/me` passes all: \
-         authentication (key cache), scope, IP allowlist, the global rate limit (one \
-         `jeanus_rate_limit_keys` call per batch of requests) and the audit entry (one group \
-         commit per batch), each client with its own key.\n\n",
+         authentication (key cache), scope, IP allowlist, the global rate limit (one Redis \
+         script call per batch of requests) and the audit entry (one group commit per \
+         batch), each client with its own key.\n\n",
         r.clients,
         window.measure.as_secs_f64(),
         window.warmup.as_secs_f64(),
@@ -712,25 +689,27 @@ fn section(r: &Results, limiter: &[LimiterCounted], window: Window) -> Section {
             .join(", ")
     ));
     md.push_str(
-        "| request | req/s | p50 ms | p99 ms | max ms | CPU µs/request: clients + api | PostgreSQL |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+        "| request | req/s | p50 ms | p99 ms | max ms | CPU µs/request: clients + api | PostgreSQL | Redis |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (name, f) in [("GET /healthz", &m.healthz), ("GET /api/v1/me", &m.me)] {
         md.push_str(&format!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} |\n",
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {} |\n",
             thousands(f.per_s),
             f.p50_ms,
             f.p99_ms,
             f.max_ms,
             f.process_cpu_us,
-            f.postgres_cpu_us
+            f.postgres_cpu_us,
+            f.redis_cpu_us
+                .map_or_else(|| "—".to_owned(), |us| format!("{us:.1}")),
         ));
     }
     md.push_str(&format!(
         "\nRatio /api/v1/me ÷ /healthz: **{:.2}×** (goal ≥ {GOAL_RATIO}). PostgreSQL \
-         transactions per /api/v1/me request: {:.3} (group commits of the limiter and the \
-         audit log, plus background work); per batch: {:.1} rate-limit decisions, {:.1} \
-         audit entries.\n\n",
+         transactions per /api/v1/me request: {:.3} (group commits of the audit log, plus \
+         background work); per batch: {:.1} rate-limit decisions (one Redis call), {:.1} \
+         audit entries (one PostgreSQL transaction).\n\n",
         m.ratio, m.transactions_per_me, m.decisions_per_batch, m.entries_per_batch
     ));
     md.push_str(
@@ -757,22 +736,6 @@ fn section(r: &Results, limiter: &[LimiterCounted], window: Window) -> Section {
         r.malformed_api_key_scans,
         r.control_api_key_scans
     ));
-
-    if let [one, .., many] = limiter {
-        let per_key = (many.per_call - one.per_call) / (many.keys - one.keys) as f64;
-        md.push_str(&format!(
-            "\nThe limiter in the database, in instructions per `jeanus_rate_limit_keys` call \
-             (counted under callgrind as `chain` counts appends; keys far below their limit, \
-             as here): {} with {} key(s), {} with {}: ≈ {} per key and ≈ {} per call \
-             besides.\n",
-            thousands(one.per_call),
-            one.keys,
-            thousands(many.per_call),
-            many.keys,
-            thousands(per_key),
-            thousands(one.per_call - per_key * one.keys as f64),
-        ));
-    }
 
     let auth_p99_ms = r.auth.iter().map(|a| a.p99_us).fold(0.0, f64::max) / 1000.0;
     let goals = [
@@ -808,7 +771,6 @@ fn section(r: &Results, limiter: &[LimiterCounted], window: Window) -> Section {
         "seconds": window.measure.as_secs_f64(),
         "warmup_seconds": window.warmup.as_secs_f64(),
         "results": r,
-        "limiter_instructions": limiter,
         "measured_at": Utc::now(),
         "goals": goals.iter().map(|(name, measured, met)| serde_json::json!({
             "name": name, "measured": measured, "met": met,

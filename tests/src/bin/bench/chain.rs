@@ -522,6 +522,7 @@ async fn measure_appends(
                     let chained_before = store.batches_chained_by_writer();
                     let (m, cpu) = cpu::during(
                         &admin,
+                        None,
                         window,
                         harness::run(writers, window, append_op(&store, &shape, events)),
                     )

@@ -21,6 +21,9 @@ pub struct Cpu {
     /// The PostgreSQL processes serving the scratch database, and the
     /// server's background processes (WAL writer, checkpointer, …).
     pub postgres: Duration,
+    /// The one other process asked for (the Redis server), if it is one of
+    /// this machine's.
+    pub redis: Option<Duration>,
 }
 
 impl Cpu {
@@ -32,18 +35,26 @@ impl Cpu {
         Cpu {
             here: self.here.saturating_sub(before.here),
             postgres: self.postgres.saturating_sub(before.postgres),
+            redis: self
+                .redis
+                .zip(before.redis)
+                .map(|(now, then)| now.saturating_sub(then)),
         }
     }
 
     pub fn add(&mut self, other: &Cpu) {
         self.here += other.here;
         self.postgres += other.postgres;
+        self.redis = match (self.redis, other.redis) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
 /// The CPU time used so far; `stats` is a pool on the scratch database,
-/// whose own backend is left out.
-pub async fn now(stats: &PgPool) -> anyhow::Result<Cpu> {
+/// whose own backend is left out; `redis`, the Redis server's process id.
+pub async fn now(stats: &PgPool, redis: Option<u32>) -> anyhow::Result<Cpu> {
     let pids: Vec<i32> = sqlx::query_scalar(
         "select pid from pg_stat_activity \
          where (datname = current_database() or datname is null) \
@@ -58,6 +69,7 @@ pub async fn now(stats: &PgPool) -> anyhow::Result<Cpu> {
             .iter()
             .filter_map(|pid| cpu_time(&pid.to_string()))
             .sum(),
+        redis: redis.and_then(|pid| cpu_time(&pid.to_string())),
     })
 }
 
@@ -65,14 +77,15 @@ pub async fn now(stats: &PgPool) -> anyhow::Result<Cpu> {
 /// does), and the CPU time used inside the window's measured span.
 pub async fn during<T>(
     stats: &PgPool,
+    redis: Option<u32>,
     window: Window,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<(T, Cpu)> {
     let sampled = async {
         tokio::time::sleep(window.warmup).await;
-        let before = now(stats).await?;
+        let before = now(stats, redis).await?;
         tokio::time::sleep(window.measure).await;
-        anyhow::Ok(now(stats).await?.since(&before))
+        anyhow::Ok(now(stats, redis).await?.since(&before))
     };
     let (done, cpu) = tokio::join!(work, sampled);
     Ok((done?, cpu?))
