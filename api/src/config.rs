@@ -69,8 +69,9 @@ pub struct Config {
     )]
     pub admin_token: ::std::option::Option<Secret>,
 
-    /// Prefix of every NATS subject and stream, so that deployments and tests
-    /// can share one NATS server ([a-z0-9_-]+; empty means the default).
+    /// Prefix of every NATS subject and stream, and of the rate limiter's
+    /// Redis keys, so that deployments and tests can share one NATS server
+    /// and one Redis ([a-z0-9_-]+; empty means the default).
     #[arg(
         long = "nats-prefix",
         env = "JEANUS_NATS_PREFIX",
