@@ -38,8 +38,10 @@ const MAX_BATCH: usize = 1024;
 const LINGER: Duration = Duration::from_millis(1);
 
 /// How many rounds of the runtime's ready tasks a decisions' batch lets run
-/// while they bring more asks (`scripts/bench auth`: 8 rounds took batches
-/// from ≈ 18 to ≈ 25 asks under load).
+/// while they bring more asks (`scripts/bench auth`: with decisions in
+/// PostgreSQL, 8 rounds took batches from ≈ 18 to ≈ 25 asks under load; in
+/// Redis, 8 rounds against none: 38 against 21 asks per batch, and no
+/// higher ratio without them, BENCHMARKS.md session 10).
 const DECISION_ROUNDS: usize = 8;
 
 /// The entries' writer's `application_name` in `pg_stat_activity`.

@@ -27,14 +27,16 @@
 //! twice: more refusals, never more admissions.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
 use redis::Script;
 use uuid::Uuid;
 
@@ -73,7 +75,7 @@ pub struct Quota {
     /// The request was accepted (for `Consume::No`: would have been).
     pub allowed: bool,
     pub remaining: u32,
-    /// PostgreSQL's clock at the decision, in Unix milliseconds.
+    /// The store's (Redis's) clock at the decision, in Unix milliseconds.
     pub now_ms: i64,
     /// How long until a request is next free (0 when `remaining > 0`).
     pub reset_after_ms: i64,
@@ -115,6 +117,9 @@ pub(crate) struct Ask {
     key_id: Uuid,
     limit: u32,
     consume: Consume,
+    /// When its request stops waiting (and is answered 503): an ask still
+    /// queued then spends nothing.
+    deadline: Instant,
 }
 
 /// This process's handle onto the shared limiter. Cheap to clone.
@@ -145,12 +150,14 @@ impl RateLimiter {
         limit: u32,
         consume: Consume,
     ) -> Result<Quota, LimiterError> {
+        let deadline = Instant::now() + DECISION_TIMEOUT;
         let ask = Ask {
             key_id,
             limit,
             consume,
+            deadline,
         };
-        match tokio::time::timeout(DECISION_TIMEOUT, self.gate.decide(ask)).await {
+        match tokio::time::timeout_at(deadline.into(), self.gate.decide(ask)).await {
             Ok(Ok(decided)) => decided,
             Ok(Err(_)) => Err(LimiterError::Stopped),
             Err(_) => Err(LimiterError::TimedOut),
@@ -161,17 +168,28 @@ impl RateLimiter {
 /// The limiter's store: a Redis list per key of its accepted requests'
 /// times in the window, newest first, decided a batch at a time by one
 /// script call (`ratelimit/decide.lua`). Cheap to clone: every clone shares
-/// one multiplexed connection, re-established when it breaks.
+/// one multiplexed connection.
 #[derive(Clone)]
-pub struct Store {
-    redis: ConnectionManager,
-    /// `{<prefix>}:rate:`: every key of one deployment shares one hash slot,
-    /// so that a Redis Cluster also runs the batch's script as one.
-    keys: Arc<str>,
+pub struct Store(Arc<StoreInner>);
+
+struct StoreInner {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    /// The connection every call shares while it works. A call that failed
+    /// for it (it broke, timed out, or could not be set up) drops it, and
+    /// the next call connects anew: nothing is left waiting on a socket that
+    /// will never answer.
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// `{<prefix>}:`: every key of a deployment starts with it.
+    prefix: String,
 }
 
 static DECIDE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("ratelimit/decide.lua")));
+
+/// How long the store keeps a batch's answer, for a retry of the batch:
+/// longer than a request waits for its decision.
+const BATCH_ANSWER_KEPT: Duration = Duration::from_secs(10);
 
 /// One key's answer from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,31 +210,61 @@ pub struct Decided {
 }
 
 impl Store {
-    /// Connects to Redis at `url`; `prefix` names this deployment's keys
-    /// (the same as its NATS prefix, so that tests can share one server).
+    /// Connects to Redis at `url` (once: start-up does not wait for a server
+    /// that is not there); `prefix` names this deployment's keys (its NATS
+    /// prefix, so that tests can share one server).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        // Fail fast while Redis is away: a request waits for at most one
-        // reconnection attempt (and the batch's one retry), not the client's
-        // default six with growing pauses; the next batch tries again.
-        let config = ConnectionManagerConfig::new()
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(STORE_TIMEOUT))
-            .set_response_timeout(Some(STORE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200));
-        let redis = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self {
-            redis,
-            keys: format!("{{{prefix}}}:rate:").into(),
-        })
+            .set_response_timeout(Some(STORE_TIMEOUT));
+        let store = Self(Arc::new(StoreInner {
+            client,
+            config,
+            connection: tokio::sync::Mutex::new(None),
+            prefix: format!("{{{prefix}}}:"),
+        }));
+        store.connection().await?;
+        Ok(store)
+    }
+
+    /// The shared connection, made if there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        let mut held = self.0.connection.lock().await;
+        if let Some(connection) = held.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .0
+            .client
+            .get_multiplexed_async_connection_with_config(&self.0.config)
+            .await?;
+        *held = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs `call` on the shared connection; drops the connection when the
+    /// call failed for it ([`connection_failed`]).
+    async fn with_connection<T, F, Fut>(&self, call: F) -> Result<T, redis::RedisError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let result = call(self.connection().await?).await;
+        if let Err(e) = &result {
+            if connection_failed(e) {
+                *self.0.connection.lock().await = None;
+            }
+        }
+        result
     }
 
     /// Whether Redis answers a PING within `timeout` (for `/readyz`).
     pub async fn ping(&self, timeout: Duration) -> Result<(), &'static str> {
-        let mut redis = self.redis.clone();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(timeout, ping.query_async::<()>(&mut redis)).await {
+        let ping = self.with_connection(|mut connection| async move {
+            redis::cmd("PING").query_async::<()>(&mut connection).await
+        });
+        match tokio::time::timeout(timeout, ping).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "readiness: Redis is unreachable");
@@ -228,29 +276,58 @@ impl Store {
 
     /// Decides one batch: each key of `keys` once, as `(key, limit, spends)`,
     /// with `limit` at least 1. Spends up to each key's room, against the
-    /// store's clock.
+    /// store's clock. A call whose connection failed is made once more, on
+    /// a new connection, as the same batch: should the first attempt have
+    /// been carried out, the store answers the retry with its answer rather
+    /// than spending again.
     pub async fn decide_keys(
         &self,
         keys: &[(Uuid, i32, i32)],
         window_ms: i64,
     ) -> Result<Decided, redis::RedisError> {
+        let batch = Uuid::now_v7();
+        match self.decide_batch(batch, keys, window_ms).await {
+            Err(e) if connection_failed(&e) => {
+                tracing::warn!(error = %e, keys = keys.len(), "rate limiter call failed; retrying once");
+                self.decide_batch(batch, keys, window_ms).await
+            }
+            decided => decided,
+        }
+    }
+
+    /// One attempt at the batch `batch` (see [`Store::decide_keys`]); the
+    /// same `batch` again, within [`BATCH_ANSWER_KEPT`], gets the same
+    /// answer and spends nothing.
+    pub async fn decide_batch(
+        &self,
+        batch: Uuid,
+        keys: &[(Uuid, i32, i32)],
+        window_ms: i64,
+    ) -> Result<Decided, redis::RedisError> {
         let mut invocation = DECIDE.prepare_invoke();
-        invocation.arg(window_ms);
-        let mut name = String::with_capacity(self.keys.len() + 36);
-        for &(key_id, limit, spends) in keys {
+        let mut name = String::with_capacity(self.0.prefix.len() + 48);
+        let mut key = |kind: &str, id: Uuid| {
             name.clear();
-            name.push_str(&self.keys);
-            name.push_str(
-                key_id
-                    .as_hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer()),
-            );
+            name.push_str(&self.0.prefix);
+            name.push_str(kind);
+            name.push_str(id.as_hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+            name.clone()
+        };
+        invocation.key(key("rate-batch:", batch));
+        invocation
+            .arg(window_ms)
+            .arg(BATCH_ANSWER_KEPT.as_millis() as u64);
+        for &(key_id, limit, spends) in keys {
             invocation
-                .key(name.as_str())
+                .key(key("rate:", key_id))
                 .arg(limit.max(1))
                 .arg(spends.max(0));
         }
-        let reply: Vec<i64> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let reply: Vec<i64> = self
+            .with_connection(|mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
         Decided::from_reply(&reply, keys.len())
     }
 }
@@ -276,10 +353,16 @@ impl Decided {
     }
 }
 
-/// Whether a failed call may succeed on a new connection: one the
-/// connection failed, not one the script raised (it would only recur).
-fn worth_retrying(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+/// Whether a call failed for its connection (it broke, timed out, or could
+/// not be set up), which warrants a new connection and one more try; not
+/// when Redis answered with an error (the script raised one, a key held
+/// something else, the server is out of memory), which would only recur.
+fn connection_failed(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Io | redis::ErrorKind::Parse | redis::ErrorKind::AuthenticationFailed
+    ) || e.is_timeout()
+        || e.is_connection_dropped()
 }
 
 fn unanswered(keys: usize) -> redis::RedisError {
@@ -297,16 +380,22 @@ struct Asked {
     keys: Vec<(Uuid, i32, i32)>,
     /// For each ask, its key's index in `keys`.
     key_of: Vec<usize>,
+    /// For each ask, whether its request had stopped waiting when the batch
+    /// left (it spends nothing).
+    expired: Vec<bool>,
 }
 
 impl Asked {
-    fn of(asks: &[Ask]) -> Self {
+    /// The asks of a batch leaving at `now`.
+    fn of(asks: &[Ask], now: Instant) -> Self {
         let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(asks.len());
         let mut asked = Self {
             keys: Vec::new(),
             key_of: Vec::with_capacity(asks.len()),
+            expired: Vec::with_capacity(asks.len()),
         };
         for ask in asks {
+            let expired = ask.deadline <= now;
             let k = *index.entry(ask.key_id).or_insert_with(|| {
                 asked.keys.push((ask.key_id, 0, 0));
                 asked.keys.len() - 1
@@ -314,16 +403,17 @@ impl Asked {
             // A limit of 0 would be a window of no requests: such a key is
             // refused outright (see `answers`; minting refuses 0 anyway).
             asked.keys[k].1 = i32::try_from(ask.limit.max(1)).unwrap_or(i32::MAX);
-            asked.keys[k].2 += i32::from(spends(ask));
+            asked.keys[k].2 += i32::from(spends(ask, expired));
             asked.key_of.push(k);
+            asked.expired.push(expired);
         }
         asked
     }
 }
 
 /// Whether `ask` spends a request of its key's quota.
-fn spends(ask: &Ask) -> bool {
-    ask.consume == Consume::Yes && ask.limit > 0
+fn spends(ask: &Ask, expired: bool) -> bool {
+    ask.consume == Consume::Yes && ask.limit > 0 && !expired
 }
 
 pub(crate) fn window_ms(window: Duration) -> i64 {
@@ -336,19 +426,8 @@ pub(crate) async fn decide(
     asks: &[Ask],
     window: Duration,
 ) -> Vec<Result<Quota, LimiterError>> {
-    let asked = Asked::of(asks);
-    let window_ms = window_ms(window);
-    let decided = match store.decide_keys(&asked.keys, window_ms).await {
-        // Once more when the connection failed (it is re-established
-        // meanwhile). Should the failed attempt have been carried out unseen, its
-        // requests count twice: more refusals, never more admissions.
-        Err(e) if worth_retrying(&e) => {
-            tracing::warn!(error = %e, requests = asks.len(), "rate limiter call failed; retrying once");
-            store.decide_keys(&asked.keys, window_ms).await
-        }
-        decided => decided,
-    };
-    match decided {
+    let asked = Asked::of(asks, Instant::now());
+    match store.decide_keys(&asked.keys, window_ms(window)).await {
         Ok(decided) => answers(asks, &asked, &decided, window),
         Err(e) => fail_all(asks.len(), e),
     }
@@ -368,8 +447,12 @@ fn answers(
     let mut spent = vec![0_i64; decided.keys.len()];
     asks.iter()
         .zip(&asked.key_of)
-        .map(|(ask, &k)| {
+        .zip(&asked.expired)
+        .map(|((ask, &k), &expired)| {
             let key = &decided.keys[k];
+            if expired {
+                return Err(LimiterError::TimedOut);
+            }
             if ask.limit == 0 {
                 return Ok(Quota {
                     limit: 0,
@@ -380,7 +463,7 @@ fn answers(
                     window,
                 });
             }
-            let spend = i64::from(spends(ask));
+            let spend = i64::from(spends(ask, false));
             spent[k] += spend;
             let left = i64::from(key.room) - spent[k];
             Ok(Quota {
@@ -423,7 +506,12 @@ pub async fn middleware(
         Ok(quota) => quota,
         // Fail closed: see the module documentation.
         Err(e) => {
-            tracing::error!(error = %e, "rate limiter unavailable; refusing the request");
+            // A store's failure is logged once per batch, by `fail_all`.
+            if matches!(e, LimiterError::Store(_)) {
+                tracing::debug!(error = %e, "rate limiter unavailable; refusing the request");
+            } else {
+                tracing::warn!(error = %e, "rate limiter unavailable; refusing the request");
+            }
             return ApiError::Unavailable.into_response();
         }
     };
@@ -496,6 +584,7 @@ mod tests {
             key_id,
             limit,
             consume,
+            deadline: Instant::now() + DECISION_TIMEOUT,
         }
     }
 
@@ -531,7 +620,7 @@ mod tests {
             ask(a, 2, Consume::No),
         ];
         let window = Duration::from_secs(60);
-        let asked = Asked::of(&asks);
+        let asked = Asked::of(&asks, Instant::now());
         assert_eq!(
             asked.keys,
             vec![(a, 2, 3), (b, 5, 1), (zero, 1, 0)],
@@ -573,9 +662,52 @@ mod tests {
             &[1_700_000_000_000][..],
             &[1_700_000_000_000, 3, 0][..],
         ] {
-            let e = Decided::from_reply(short, 2).expect_err("a key unanswered");
-            assert!(!worth_retrying(&e), "not retried: {e}");
+            Decided::from_reply(short, 2).expect_err("a key unanswered");
         }
+    }
+
+    /// An ask whose request has stopped waiting (answered 503 already)
+    /// spends nothing when its batch finally leaves.
+    #[test]
+    fn an_ask_past_its_deadline_spends_nothing() {
+        let key = Uuid::now_v7();
+        let mut late = ask(key, 5, Consume::Yes);
+        let now = Instant::now();
+        late.deadline = now;
+        let asks = vec![late, ask(key, 5, Consume::Yes)];
+        let asked = Asked::of(&asks, now);
+        assert_eq!(asked.keys, vec![(key, 5, 1)], "only the live ask spends");
+        let decided = Decided {
+            now_ms: 1_700_000_000_000,
+            keys: vec![room(5)],
+        };
+        let window = Duration::from_secs(60);
+        let answered = answers(&asks, &asked, &decided, window);
+        assert!(matches!(answered[0], Err(LimiterError::TimedOut)));
+        let live = answered[1].as_ref().expect("answered");
+        assert_eq!((live.allowed, live.remaining), (true, 4));
+    }
+
+    /// A broken, timed-out or unusable connection is replaced and the
+    /// batch retried; an error Redis answered would only recur.
+    #[test]
+    fn only_a_failed_connection_is_retried() {
+        use std::io;
+        for kind in [
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::TimedOut,
+        ] {
+            let e = redis::RedisError::from(io::Error::new(kind, "test"));
+            assert!(connection_failed(&e), "{kind:?}");
+        }
+        let answered = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "ERR Error running script",
+        ));
+        assert!(!connection_failed(&answered));
+        assert!(!connection_failed(&unanswered(2)));
     }
 
     #[test]

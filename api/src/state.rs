@@ -52,7 +52,7 @@ pub struct Shared {
     pub projected: Projected,
     /// API key lookups, cached, with revocation tombstones from NATS.
     pub keys: KeyCache,
-    /// The global per-key rate limit (group-batched decisions in PostgreSQL).
+    /// The global per-key rate limit (group-batched decisions in Redis).
     pub limiter: RateLimiter,
     /// The audit log's group-commit writer.
     pub audit: AuditLog,

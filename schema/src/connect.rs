@@ -96,8 +96,8 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// `url` as it may be printed: the password (or, with `userinfo_is_secret`,
-/// the whole user part, as a NATS token is) and any `password=` query
-/// parameter are dropped, and ` (password hidden)` says so. A comma-separated
+/// the whole user part, as a NATS token is) and any `password=` or `pass=`
+/// query parameter are dropped, and ` (password hidden)` says so. A comma-separated
 /// list (NATS accepts one) is redacted URL by URL.
 pub fn redact_url(url: &str, userinfo_is_secret: bool) -> String {
     let mut hidden = false;
@@ -120,6 +120,7 @@ fn redact_one(url: &str, userinfo_is_secret: bool, hidden: &mut bool) -> String 
         Some((userinfo, host)) => {
             *hidden |= userinfo_is_secret || userinfo.contains(':');
             match userinfo.split_once(':') {
+                Some(("", _)) if !userinfo_is_secret => host.to_owned(),
                 Some((user, _)) if !userinfo_is_secret => format!("{user}@{host}"),
                 _ if userinfo_is_secret => host.to_owned(),
                 _ => format!("{userinfo}@{host}"),
@@ -133,7 +134,9 @@ fn redact_one(url: &str, userinfo_is_secret: bool, hidden: &mut bool) -> String 
             let kept: Vec<&str> = query
                 .split('&')
                 .filter(|pair| {
-                    let secret = pair.to_ascii_lowercase().starts_with("password=");
+                    let pair = pair.to_ascii_lowercase();
+                    // `pass=`: a Redis URL's password, for a Unix socket.
+                    let secret = pair.starts_with("password=") || pair.starts_with("pass=");
                     *hidden |= secret;
                     !secret
                 })
@@ -238,6 +241,18 @@ mod tests {
         assert_eq!(
             redact_url("postgres://postgres@127.0.0.1:5432/jeanus", false),
             "postgres://postgres@127.0.0.1:5432/jeanus"
+        );
+    }
+
+    #[test]
+    fn a_redis_password_is_never_shown() {
+        assert_eq!(
+            redact_url("redis://:s3cret@127.0.0.1:6379/2", false),
+            "redis://127.0.0.1:6379/2 (password hidden)"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret", false),
+            "redis+unix:///run/redis.sock?db=1 (password hidden)"
         );
     }
 

@@ -42,7 +42,9 @@ async fn rename(pool: &PgPool, from: &str, to: &str) {
 /// A TCP relay in front of a server (the test's Redis), for what happens
 /// when the server goes away: [`Relay::cut`] drops every connection and
 /// closes new ones at once, as a stopped server's port would; [`Relay::sever`]
-/// drops the connections of the moment only, as a restarted server does.
+/// drops the connections of the moment only, as a restarted server does;
+/// [`Relay::stall`] forwards nothing more on any connection, old or new,
+/// while keeping them open, as a host that vanished from the network.
 pub struct Relay {
     addr: SocketAddr,
     state: watch::Sender<Link>,
@@ -52,6 +54,9 @@ pub struct Relay {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Link {
     cut: bool,
+    /// New connections are held open and never forwarded; the connections
+    /// of the moment stop forwarding for good.
+    stalled: bool,
     /// Bumped to drop the connections of the moment.
     generation: u64,
 }
@@ -65,6 +70,7 @@ impl Relay {
         let addr = listener.local_addr().expect("the relay's address");
         let (state, _) = watch::channel(Link {
             cut: false,
+            stalled: false,
             generation: 0,
         });
         let links = state.clone();
@@ -75,15 +81,21 @@ impl Relay {
                 if at.cut {
                     continue;
                 }
+                let ended = move |now: &Link| now.cut || now.generation != at.generation;
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut up) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut down, &mut up) => {}
-                        _ = link.wait_for(|now| now.cut || now.generation != at.generation) => {}
+                    if !at.stalled {
+                        let Ok(mut up) = TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = copy_bidirectional(&mut down, &mut up) => return,
+                            _ = link.wait_for(|now| ended(now) || now.stalled) => {}
+                        }
                     }
+                    // Stalled: hold the connection open, forwarding nothing.
+                    let _ = link.wait_for(ended).await;
+                    drop(down);
                 });
             }
         });
@@ -103,8 +115,17 @@ impl Relay {
         self.state.send_modify(|link| link.cut = true);
     }
 
+    /// Ends a [`Relay::cut`] or a [`Relay::stall`]: new connections are
+    /// forwarded again.
     pub fn restore(&self) {
-        self.state.send_modify(|link| link.cut = false);
+        self.state.send_modify(|link| {
+            link.cut = false;
+            link.stalled = false;
+        });
+    }
+
+    pub fn stall(&self) {
+        self.state.send_modify(|link| link.stalled = true);
     }
 
     pub fn sever(&self) {
@@ -119,11 +140,15 @@ impl Drop for Relay {
     }
 }
 
-/// `host:port` of the Redis the tests use (`REDIS_URL`, by default the
-/// machine's on 127.0.0.1:6379).
+/// The Redis URL the tests use (`REDIS_URL`, by default the machine's on
+/// 127.0.0.1:6379).
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned())
+}
+
+/// `host:port` of the Redis the tests use.
 pub fn redis_address() -> String {
-    let url =
-        std::env::var("REDIS_URL").unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned());
+    let url = redis_url();
     let info = redis::Client::open(url.as_str())
         .expect("REDIS_URL is a Redis URL")
         .get_connection_info()
@@ -133,4 +158,15 @@ pub fn redis_address() -> String {
         redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
         other => panic!("the tests need Redis over plain TCP, not {other:?}"),
     }
+}
+
+/// The tests' Redis URL with its address replaced by `relay`'s: the same
+/// password and database, through the relay.
+pub fn redis_url_through(relay: &Relay) -> String {
+    let url = redis_url();
+    let (scheme, rest) = url.split_once("://").expect("REDIS_URL has a scheme");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let user = authority.rfind('@').map_or("", |at| &authority[..=at]);
+    format!("{scheme}://{user}{}{tail}", relay.addr())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use api::auth::key::{Mode, PlainKey};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use jeanus_tests::faults::{redis_address, Relay, TableAway};
+use jeanus_tests::faults::{redis_address, redis_url_through, Relay, TableAway};
 use jeanus_tests::process::Service;
 use jeanus_tests::stack::{send, MintedKey};
 use jeanus_tests::writes::{answer, Answer};
@@ -997,20 +997,36 @@ async fn a_request_whose_audit_entry_cannot_be_written_is_answered_503(pool: PgP
     stack.shutdown().await;
 }
 
+/// A stack whose api reaches Redis through a relay of the test's own, a
+/// key, and the key's first answer.
+async fn limiter_behind_a_relay(pool: &PgPool) -> (TestEnv, Relay, Stack, MintedKey, Answer) {
+    let env = TestEnv::new(pool.clone()).await;
+    let relay = Relay::to(redis_address()).await;
+    let stack = spawn_stack_with(&env, |config| {
+        config.redis_url = redis_url_through(&relay);
+    })
+    .await;
+    let tenant = stack.create_tenant("Acme").await;
+    let key = stack.mint_key(tenant, &["read"]).await;
+    let first = me(&stack, &key.key).await;
+    (env, relay, stack, key, first)
+}
+
+/// Requests of `key` pass again, within 10 s.
+async fn passes_again(stack: &Stack, key: &MintedKey, what: &str) {
+    eventually(what, Duration::from_secs(10), || async {
+        (me(stack, &key.key).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 /// Redis, the limiter's store, out of reach: every `/api/v1` request is
 /// refused 503 `unavailable` (fail closed) and still audited; once Redis is
 /// back, requests pass again without a restart.
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn without_the_limiter_store_requests_fail_closed(pool: PgPool) {
-    let env = TestEnv::new(pool.clone()).await;
-    let relay = Relay::to(redis_address()).await;
-    let stack = spawn_stack_with(&env, |config| {
-        config.redis_url = format!("redis://{}", relay.addr());
-    })
-    .await;
-    let tenant = stack.create_tenant("Acme").await;
-    let key = stack.mint_key(tenant, &["read"]).await;
-    assert_eq!(me(&stack, &key.key).await.status, StatusCode::OK);
+    let (_env, relay, stack, key, first) = limiter_behind_a_relay(&pool).await;
+    assert_eq!(first.status, StatusCode::OK);
 
     relay.cut();
     for _ in 0..2 {
@@ -1041,15 +1057,39 @@ async fn without_the_limiter_store_requests_fail_closed(pool: PgPool) {
     assert_eq!(ready.body["checks"]["postgres"], "ok", "{ready:?}");
 
     relay.restore();
-    eventually(
-        "requests to pass once Redis is back",
-        Duration::from_secs(10),
-        || async { (me(&stack, &key.key).await.status == StatusCode::OK).then_some(()) },
-    )
-    .await;
+    passes_again(&stack, &key, "requests to pass once Redis is back").await;
     let ready = answer(stack.request(Method::GET, "/readyz")).await;
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
     assert_eq!(ready.body["checks"]["redis"], "ok", "{ready:?}");
+
+    stack.shutdown().await;
+}
+
+/// Redis gone silent (the host vanished: connections stay open, nothing
+/// answers): requests are refused 503 within seconds, not left waiting on
+/// the dead connection, and pass again on a new connection once Redis is
+/// reachable, without a restart.
+#[sqlx::test(migrator = "schema::MIGRATOR")]
+async fn a_silent_limiter_store_fails_closed_and_is_left_behind(pool: PgPool) {
+    let (_env, relay, stack, key, first) = limiter_behind_a_relay(&pool).await;
+    assert_eq!(first.status, StatusCode::OK);
+
+    relay.stall();
+    for _ in 0..2 {
+        let asked = Instant::now();
+        let refused = me(&stack, &key.key).await;
+        refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+        // A second for the call, a second for one new connection: not the
+        // 10 s a decision may take.
+        assert!(
+            asked.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+
+    relay.restore();
+    passes_again(&stack, &key, "requests to pass on a new connection").await;
 
     stack.shutdown().await;
 }
@@ -1060,15 +1100,8 @@ async fn without_the_limiter_store_requests_fail_closed(pool: PgPool) {
 /// request its answer or entry.
 #[sqlx::test(migrator = "schema::MIGRATOR")]
 async fn the_writers_replace_a_killed_connection_without_failing_a_request(pool: PgPool) {
-    let env = TestEnv::new(pool.clone()).await;
-    let relay = Relay::to(redis_address()).await;
-    let stack = spawn_stack_with(&env, |config| {
-        config.redis_url = format!("redis://{}", relay.addr());
-    })
-    .await;
-    let tenant = stack.create_tenant("Acme").await;
-    let key = stack.mint_key(tenant, &["read"]).await;
-    assert_eq!(me(&stack, &key.key).await.status, StatusCode::OK);
+    let (_env, relay, stack, key, first) = limiter_behind_a_relay(&pool).await;
+    assert_eq!(first.status, StatusCode::OK);
 
     let recording = || async {
         sqlx::query_scalar::<_, i32>(
@@ -1099,10 +1132,18 @@ async fn the_writers_replace_a_killed_connection_without_failing_a_request(pool:
     )
     .await;
 
+    // Each request spends one of the quota, however its batch was retried.
+    let remaining = |a: &Answer| -> u32 {
+        a.header("x-ratelimit-remaining")
+            .and_then(|r| r.parse().ok())
+            .expect("a quota header")
+    };
+    let mut left = remaining(&first);
     for _ in 0..3 {
         let answered = me(&stack, &key.key).await;
         assert_eq!(answered.status, StatusCode::OK, "{answered:?}");
-        assert!(answered.headers.get("x-ratelimit-remaining").is_some());
+        assert_eq!(remaining(&answered), left - 1, "{answered:?}");
+        left -= 1;
         let status: i16 = sqlx::query_scalar("select status from audit_log where request_id = $1")
             .bind(answered.request_id())
             .fetch_one(&pool)

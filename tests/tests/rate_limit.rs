@@ -15,27 +15,55 @@
 //! histories leave): a long history leaving at once and part of one
 //! leaving, reads and refusals spending nothing, a lowered and a raised
 //! limit, concurrent batches from several connections (as from several api
-//! instances) on shared keys, and the keys' expiry, which is all that keeps
-//! an idle key from holding memory. The api's tests (layers.rs) check the
-//! same limiter through HTTP across instances; these check the store's
-//! arithmetic.
+//! instances) on shared keys, a batch retried (the same batch id) answered
+//! from its first attempt without spending again, and the keys' expiry,
+//! which is all that keeps an idle key from holding memory. The api's tests
+//! (layers.rs) check the same limiter through HTTP across instances; these
+//! check the store's arithmetic.
+//!
+//! Timing. The model judges by the store's own clock, so no answer's check
+//! depends on how long this process slept. The tests that follow a fixed
+//! sequence ("these have left the window, that one has not") use a window
+//! of [`STEP_WINDOW_MS`] and place each step at least ~[`MARGIN_MS`] from
+//! the window edges it depends on. A step that needs requests gone sleeps
+//! until the store's clock is past their edge (a sleep runs long, never
+//! short); a step that needs requests still in the window checks that they
+//! are by the decision's `now_ms`, and should a stall of the machine (CI's
+//! are loaded) have pushed it out, the attempt ends as [`Stalled`] and the
+//! scenario runs again on fresh keys ([`run_unstalled`]).
 //!
 //! Each test names its keys under a prefix of its own, so the tests share
 //! one Redis and run in parallel.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use api::ratelimit::{Decided, KeyRoom, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
+use redis::Script;
 use uuid::Uuid;
 
 /// The random test's window: short, so that histories leave it often.
 const WINDOW_MS: i64 = 300;
 /// A window nothing leaves during a test.
 const LONG_WINDOW_MS: i64 = 60_000;
+/// The fixed-sequence tests' window.
+const STEP_WINDOW_MS: i64 = 3_000;
+/// In the fixed-sequence tests, how long after a key's first requests its
+/// later ones come: a moment at which the first have left the window and
+/// the later have not then lies `MARGIN_MS` past the first's edge and
+/// `GAP_MS - MARGIN_MS` before the later's.
+const GAP_MS: i64 = 1_600;
+/// How far past requests' window edge the fixed-sequence tests wait to see
+/// them gone.
+const MARGIN_MS: i64 = 800;
+/// How many times a fixed-sequence scenario is tried before stalls of the
+/// machine fail it.
+const ATTEMPTS: u32 = 3;
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned())
@@ -69,6 +97,16 @@ struct Raw {
     prefix: String,
 }
 
+/// Runs `ARGV[1]` (`PTTL`, `LLEN`) on `KEYS[1]` and reads the store's clock
+/// (Unix ms, as `decide.lua` reads it) as it does: a script runs alone.
+static TIMED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local time = redis.call('TIME')
+        local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+        return { now, redis.call(ARGV[1], KEYS[1]) }",
+    )
+});
+
 impl Raw {
     async fn connect(prefix: &str) -> Self {
         let conn = redis::Client::open(redis_url())
@@ -86,14 +124,25 @@ impl Raw {
         format!("{{{}}}:rate:{}", self.prefix, key.as_hyphenated())
     }
 
-    /// The key's time to live in ms: -2 when it does not exist, -1 when it
+    /// Where the store keeps a batch's answer.
+    fn batch_name(&self, batch: Uuid) -> String {
+        format!("{{{}}}:rate-batch:{}", self.prefix, batch.as_hyphenated())
+    }
+
+    /// A name's time to live in ms: -2 when it does not exist, -1 when it
     /// never expires.
-    async fn pttl(&self, key: Uuid) -> i64 {
+    async fn pttl_of(&self, name: String) -> i64 {
         redis::cmd("PTTL")
-            .arg(self.name(key))
+            .arg(name)
             .query_async(&mut self.conn.clone())
             .await
             .expect("PTTL")
+    }
+
+    /// The key's time to live in ms: -2 when it does not exist, -1 when it
+    /// never expires.
+    async fn pttl(&self, key: Uuid) -> i64 {
+        self.pttl_of(self.name(key)).await
     }
 
     /// How many request times the key's list holds.
@@ -103,6 +152,54 @@ impl Raw {
             .query_async(&mut self.conn.clone())
             .await
             .expect("LLEN")
+    }
+
+    /// `command` on the key, and the store's clock as it ran.
+    async fn timed(&self, command: &str, key: Uuid) -> (i64, i64) {
+        let reply: Vec<i64> = TIMED
+            .key(self.name(key))
+            .arg(command)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .expect(command);
+        (reply[1], reply[0])
+    }
+
+    /// [`Raw::pttl`], and the store's clock as it was read.
+    async fn pttl_at(&self, key: Uuid) -> (i64, i64) {
+        self.timed("PTTL", key).await
+    }
+
+    /// [`Raw::len`], and the store's clock as it was read.
+    async fn len_at(&self, key: Uuid) -> (i64, i64) {
+        self.timed("LLEN", key).await
+    }
+
+    /// The store's clock, in Unix ms.
+    async fn now_ms(&self) -> i64 {
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("TIME");
+        seconds * 1000 + micros / 1000
+    }
+}
+
+/// Checks a key's time to live `ttl`, read at `at` on the store's clock,
+/// against the expiry the key should have, `expires` (to the 2 ms the
+/// clock's readings allow): gone once `at` has reached it.
+fn assert_expires(ttl: i64, at: i64, expires: i64, window_ms: i64, what: &str) {
+    if ttl == -2 {
+        assert!(
+            at >= expires - 1,
+            "{what}: the key was gone at {at}, {} ms before it should expire at {expires}",
+            expires - at
+        );
+    } else {
+        assert!(
+            (0..=window_ms).contains(&ttl) && (ttl - (expires - at)).abs() <= 2,
+            "{what}: at {at} the key expires in {ttl} ms, not at {expires}"
+        );
     }
 }
 
@@ -217,6 +314,63 @@ impl Checked {
             .check((key, limit, spends), d.now_ms, d.keys[0], &what);
         (d.keys[0], d.now_ms)
     }
+
+    /// Sleeps until the store's clock reads at least `at_ms`: after it,
+    /// every request accepted at `at_ms - window` or before has left.
+    async fn sleep_until(&self, at_ms: i64) {
+        let now = self.raw.now_ms().await;
+        if at_ms > now {
+            tokio::time::sleep(Duration::from_millis(
+                u64::try_from(at_ms - now).unwrap_or(0),
+            ))
+            .await;
+        }
+    }
+
+    /// Ok when the requests accepted at `t` are still in the window at
+    /// `now` (the store's clock), as the scenario's next checks need.
+    fn inside(&self, now: i64, t: i64, what: &str) -> Result<(), Stalled> {
+        let edge = t + self.window_ms;
+        if now < edge {
+            return Ok(());
+        }
+        Err(Stalled(format!(
+            "{what}: the requests of {t} were to be still in the {} ms window, but the \
+             store's clock read {now}, {} ms after they left",
+            self.window_ms,
+            now - edge
+        )))
+    }
+}
+
+/// A stall of the machine pushed a step of a fixed-sequence scenario out of
+/// the time band it needs (judged by the store's clock): no fault of the
+/// store's, so the scenario runs again on fresh keys.
+#[derive(Debug)]
+struct Stalled(String);
+
+/// Runs a fixed-sequence scenario (on keys of its own each time) until an
+/// attempt is not [`Stalled`], at most [`ATTEMPTS`] times. A wrong answer
+/// fails the test at once.
+async fn run_unstalled<F, Fut>(scenario: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), Stalled>>,
+{
+    let mut stalls = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        match scenario().await {
+            Ok(()) => return,
+            Err(Stalled(why)) => {
+                eprintln!("attempt {attempt} of {ATTEMPTS} stalled: {why}");
+                stalls.push(why);
+            }
+        }
+    }
+    panic!(
+        "the machine stalled beyond the scenario's margins ({MARGIN_MS} ms and more) in \
+         each of {ATTEMPTS} attempts: {stalls:#?}"
+    );
 }
 
 fn room(room: i32, reset_after_ms: i64) -> KeyRoom {
@@ -277,13 +431,17 @@ async fn random_batches_agree_with_the_exact_sliding_window() {
         .collect();
     let mut seen = Seen::default();
     for batch_no in 0..150 {
-        if rng.gen_bool(0.08) {
+        let mut changed = None;
+        if rng.gen_bool(0.15) {
             let key = keys[rng.gen_range(0..keys.len())];
             limits.insert(key, LIMITS[rng.gen_range(0..LIMITS.len())]);
+            changed = Some(key);
         }
         let mut batch: Vec<(Uuid, i32, i32)> = Vec::new();
         for key in &keys {
-            if rng.gen_bool(0.7) {
+            // A key whose limit changed is asked at once, so that a limit
+            // lowered meets the requests still in the window.
+            if rng.gen_bool(0.7) || changed == Some(*key) {
                 batch.push((*key, limits[key], rng.gen_range(0..=limits[key] + 2)));
             }
         }
@@ -297,11 +455,11 @@ async fn random_batches_agree_with_the_exact_sliding_window() {
             let j = checked.model.check(asked, d.now_ms, got, &what);
             seen.count(asked, got, &j);
             if j.take > 0 {
-                let ttl = checked.raw.pttl(asked.0).await;
-                assert!(
-                    (1..=WINDOW_MS).contains(&ttl),
-                    "{what}: the key expires in {ttl} ms, the window is {WINDOW_MS} ms"
-                );
+                // The acceptance set the key to expire a window after it
+                // (read with the store's clock: should a stall have let it
+                // expire since, it is judged expired).
+                let (ttl, at) = checked.raw.pttl_at(asked.0).await;
+                assert_expires(ttl, at, d.now_ms + WINDOW_MS, WINDOW_MS, &what);
             }
         }
         let pause = rng.gen_range(0..100);
@@ -334,6 +492,7 @@ async fn random_batches_agree_with_the_exact_sliding_window() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(150..300))).await;
         }
     }
+    eprintln!("cases met: {seen:?}");
     // The run must have exercised every case it is about.
     assert!(seen.judged > 500, "{seen:?}");
     assert!(seen.full > 200, "{seen:?}");
@@ -350,34 +509,43 @@ async fn random_batches_agree_with_the_exact_sliding_window() {
 /// (the store drops the 499 that left in that call) or the key expired.
 #[tokio::test]
 async fn a_long_history_leaves_the_window_at_once() {
-    let mut c = Checked::new(WINDOW_MS).await;
-    let (key, limit) = (Uuid::now_v7(), 500);
-    let (got, t0) = c.ask(key, limit, 499).await;
-    assert_eq!(got, room(limit, 0));
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (got, t1) = c.ask(key, limit, 1).await;
-    assert_eq!(
-        got,
-        room(1, t0 + WINDOW_MS - t1),
-        "full until the 499 leave"
-    );
-    assert_eq!(c.raw.len(key).await, 500);
+    async fn once() -> Result<(), Stalled> {
+        const WINDOW: i64 = STEP_WINDOW_MS;
+        let mut c = Checked::new(WINDOW).await;
+        let (key, limit) = (Uuid::now_v7(), 500);
+        let (got, t0) = c.ask(key, limit, 499).await;
+        assert_eq!(got, room(limit, 0));
+        c.sleep_until(t0 + GAP_MS).await;
+        let (got, t1) = c.ask(key, limit, 1).await;
+        c.inside(t1, t0, "the 499")?;
+        assert_eq!(got, room(1, t0 + WINDOW - t1), "full until the 499 leave");
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t0, "the 499, counted")?;
+        assert_eq!(len, 500);
 
-    // The 499 have left; the last one has not.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (got, _) = c.ask(key, limit, 0).await;
-    assert_eq!(got, room(limit - 1, 0), "the 499 left at once");
-    assert_eq!(c.raw.len(key).await, 1, "the store dropped them");
+        // The 499 have left; the last one has not.
+        c.sleep_until(t0 + WINDOW + MARGIN_MS).await;
+        let (got, now) = c.ask(key, limit, 0).await;
+        c.inside(now, t1, "the last request")?;
+        assert_eq!(got, room(limit - 1, 0), "the 499 left at once");
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t1, "the last request, counted")?;
+        assert_eq!(len, 1, "the store dropped them");
 
-    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 50)).await;
-    let (got, t2) = c.ask(key, limit, limit).await;
-    assert_eq!(
-        got,
-        room(limit, WINDOW_MS),
-        "the whole room is back; the batch takes it all until {}",
-        t2 + WINDOW_MS
-    );
-    assert_eq!(c.raw.len(key).await, i64::from(limit));
+        c.sleep_until(t1 + WINDOW + MARGIN_MS).await;
+        let (got, t2) = c.ask(key, limit, limit).await;
+        assert_eq!(
+            got,
+            room(limit, WINDOW),
+            "the whole room is back; the batch takes it all until {}",
+            t2 + WINDOW
+        );
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t2, "the whole room taken, counted")?;
+        assert_eq!(len, i64::from(limit));
+        Ok(())
+    }
+    run_unstalled(once).await;
 }
 
 /// More spends in one call than the script pushes at once (Lua's `unpack`
@@ -413,19 +581,28 @@ async fn a_large_batch_of_spends_is_recorded_whole() {
 /// newer stay and still count.
 #[tokio::test]
 async fn part_of_a_history_leaves_the_window() {
-    let mut c = Checked::new(400).await;
-    let (key, limit) = (Uuid::now_v7(), 1_000);
-    assert_eq!(c.ask(key, limit, 300).await.0, room(limit, 0));
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(c.ask(key, limit, 200).await.0, room(700, 0));
-    // The first 300 leave; the next 200 stay.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        c.ask(key, limit, 0).await.0,
-        room(800, 0),
-        "only the second batch is in the window"
-    );
-    assert_eq!(c.raw.len(key).await, 200);
+    async fn once() -> Result<(), Stalled> {
+        const WINDOW: i64 = STEP_WINDOW_MS;
+        let mut c = Checked::new(WINDOW).await;
+        let (key, limit) = (Uuid::now_v7(), 1_000);
+        let (got, t0) = c.ask(key, limit, 300).await;
+        assert_eq!(got, room(limit, 0));
+        c.sleep_until(t0 + GAP_MS).await;
+        let (got, t1) = c.ask(key, limit, 200).await;
+        c.inside(t1, t0, "the first 300")?;
+        assert_eq!(got, room(700, 0));
+
+        // The first 300 leave; the next 200 stay.
+        c.sleep_until(t0 + WINDOW + MARGIN_MS).await;
+        let (got, now) = c.ask(key, limit, 0).await;
+        c.inside(now, t1, "the next 200")?;
+        assert_eq!(got, room(800, 0), "only the second batch is in the window");
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t1, "the next 200, counted")?;
+        assert_eq!(len, 200);
+        Ok(())
+    }
+    run_unstalled(once).await;
 }
 
 /// A read (spends 0) spends nothing and stores nothing; of a key's spends
@@ -434,29 +611,43 @@ async fn part_of_a_history_leaves_the_window() {
 /// refusals came later.
 #[tokio::test]
 async fn reads_and_refusals_spend_nothing() {
-    let mut c = Checked::new(WINDOW_MS).await;
-    let (key, limit) = (Uuid::now_v7(), 2);
-    assert_eq!(c.ask(key, limit, 0).await.0, room(2, 0));
-    assert_eq!(c.raw.pttl(key).await, -2, "a read stores nothing");
-    let (got, t0) = c.ask(key, limit, 1).await;
-    assert_eq!(got, room(2, 0));
-    assert_eq!(c.ask(key, limit, 0).await.0, room(1, 0), "a read: still 1");
-    let (got, t1) = c.ask(key, limit, 3).await;
-    assert_eq!(got, room(1, t0 + WINDOW_MS - t1), "one of three accepted");
-    assert_eq!(c.raw.len(key).await, 2);
+    async fn once() -> Result<(), Stalled> {
+        const WINDOW: i64 = STEP_WINDOW_MS;
+        let mut c = Checked::new(WINDOW).await;
+        let (key, limit) = (Uuid::now_v7(), 2);
+        assert_eq!(c.ask(key, limit, 0).await.0, room(2, 0));
+        assert_eq!(c.raw.pttl(key).await, -2, "a read stores nothing");
+        let (got, t0) = c.ask(key, limit, 1).await;
+        assert_eq!(got, room(2, 0));
+        let (got, now) = c.ask(key, limit, 0).await;
+        c.inside(now, t0, "the first acceptance")?;
+        assert_eq!(got, room(1, 0), "a read: still 1");
+        let (got, t1) = c.ask(key, limit, 3).await;
+        c.inside(t1, t0, "the first acceptance")?;
+        assert_eq!(got, room(1, t0 + WINDOW - t1), "one of three accepted");
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t0, "the first acceptance, counted")?;
+        assert_eq!(len, 2);
 
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (got, t2) = c.ask(key, limit, 5).await;
-    assert_eq!(got, room(0, t0 + WINDOW_MS - t2), "all five refused");
-    let (got, t3) = c.ask(key, limit, 0).await;
-    assert_eq!(got, room(0, t0 + WINDOW_MS - t3));
-    assert_eq!(c.raw.len(key).await, 2, "the refusals recorded nothing");
+        c.sleep_until(t0 + GAP_MS).await;
+        let (got, t2) = c.ask(key, limit, 5).await;
+        c.inside(t2, t0, "the accepted two")?;
+        assert_eq!(got, room(0, t0 + WINDOW - t2), "all five refused");
+        let (got, t3) = c.ask(key, limit, 0).await;
+        c.inside(t3, t0, "the accepted two")?;
+        assert_eq!(got, room(0, t0 + WINDOW - t3));
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t0, "the accepted two, counted")?;
+        assert_eq!(len, 2, "the refusals recorded nothing");
 
-    // The accepted two have left; refusals, had they counted, would not.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (got, t4) = c.ask(key, limit, 0).await;
-    assert!(t4 - t2 < WINDOW_MS, "the refusals are still in the window");
-    assert_eq!(got, room(limit, 0), "exactly the limit again");
+        // The accepted two have left; refusals, had they counted, would not.
+        c.sleep_until(t1 + WINDOW + MARGIN_MS).await;
+        let (got, now) = c.ask(key, limit, 0).await;
+        c.inside(now, t2, "the refusals")?;
+        assert_eq!(got, room(limit, 0), "exactly the limit again");
+        Ok(())
+    }
+    run_unstalled(once).await;
 }
 
 /// A limit lowered below a key's count in the window leaves it no room
@@ -464,39 +655,51 @@ async fn reads_and_refusals_spend_nothing() {
 /// raised gives room at once. The key keeps its history through both.
 #[tokio::test]
 async fn a_lowered_limit_waits_and_a_raised_one_gives_room_at_once() {
-    const WINDOW: i64 = 400;
-    let mut c = Checked::new(WINDOW).await;
-    let key = Uuid::now_v7();
-    let (got, t0) = c.ask(key, 5, 2).await;
-    assert_eq!(got, room(5, 0));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (got, t1) = c.ask(key, 5, 3).await;
-    assert_eq!(
-        got,
-        room(3, t0 + WINDOW - t1),
-        "full until the first two leave"
-    );
+    async fn once() -> Result<(), Stalled> {
+        const WINDOW: i64 = STEP_WINDOW_MS;
+        let mut c = Checked::new(WINDOW).await;
+        let key = Uuid::now_v7();
+        let (got, t0) = c.ask(key, 5, 2).await;
+        assert_eq!(got, room(5, 0));
+        c.sleep_until(t0 + GAP_MS).await;
+        let (got, t1) = c.ask(key, 5, 3).await;
+        c.inside(t1, t0, "the first two")?;
+        assert_eq!(
+            got,
+            room(3, t0 + WINDOW - t1),
+            "full until the first two leave"
+        );
 
-    // Five in the window: under a limit of 2 once four have left (the
-    // three of t1 the last), under 4 once two have (both of t0).
-    let (got, now) = c.ask(key, 2, 0).await;
-    assert_eq!(got, room(0, t1 + WINDOW - now), "limit lowered to 2");
-    let (got, now) = c.ask(key, 4, 1).await;
-    assert_eq!(got, room(0, t0 + WINDOW - now), "limit lowered to 4");
-    assert_eq!(c.raw.len(key).await, 5, "the refusal recorded nothing");
+        // Five in the window: under a limit of 2 once four have left (the
+        // three of t1 the last), under 4 once two have (both of t0).
+        let (got, now) = c.ask(key, 2, 0).await;
+        c.inside(now, t0, "the first two")?;
+        assert_eq!(got, room(0, t1 + WINDOW - now), "limit lowered to 2");
+        let (got, now) = c.ask(key, 4, 1).await;
+        c.inside(now, t0, "the first two")?;
+        assert_eq!(got, room(0, t0 + WINDOW - now), "limit lowered to 4");
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t0, "the first two, counted")?;
+        assert_eq!(len, 5, "the refusal recorded nothing");
 
-    let (got, t2) = c.ask(key, 8, 2).await;
-    assert_eq!(got, room(3, 0), "limit raised to 8: room at once");
-    let (got, now) = c.ask(key, 6, 1).await;
-    assert_eq!(got, room(0, t0 + WINDOW - now), "7 in the window, limit 6");
+        let (got, t2) = c.ask(key, 8, 2).await;
+        c.inside(t2, t0, "the first two")?;
+        assert_eq!(got, room(3, 0), "limit raised to 8: room at once");
+        let (got, now) = c.ask(key, 6, 1).await;
+        c.inside(now, t0, "the first two")?;
+        assert_eq!(got, room(0, t0 + WINDOW - now), "7 in the window, limit 6");
 
-    // t0's two have left; t1's three and t2's two have not.
-    let wait = t0 + WINDOW + 30 - now;
-    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
-    let (got, now) = c.ask(key, 2, 0).await;
-    assert!(now < t1 + WINDOW, "t1's requests are still in the window");
-    assert_eq!(got, room(0, t2 + WINDOW - now), "5 in the window, limit 2");
-    assert_eq!(c.raw.len(key).await, 5);
+        // t0's two have left; t1's three and t2's two have not.
+        c.sleep_until(t0 + WINDOW + MARGIN_MS).await;
+        let (got, now) = c.ask(key, 2, 0).await;
+        c.inside(now, t1, "t1's three")?;
+        assert_eq!(got, room(0, t2 + WINDOW - now), "5 in the window, limit 2");
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t1, "t1's three, counted")?;
+        assert_eq!(len, 5);
+        Ok(())
+    }
+    run_unstalled(once).await;
 }
 
 /// Several stores, each its own connection as each api instance has, decide
@@ -562,33 +765,95 @@ async fn concurrent_batches_from_several_stores_accept_exactly_the_limit() {
 /// the window), and a read creates no key.
 #[tokio::test]
 async fn keys_expire_with_their_window() {
-    const WINDOW: i64 = 400;
-    let mut c = Checked::new(WINDOW).await;
-    let (key, limit) = (Uuid::now_v7(), 3);
-    c.ask(key, limit, 0).await;
-    assert_eq!(c.raw.pttl(key).await, -2, "a read creates no key");
+    async fn once() -> Result<(), Stalled> {
+        const WINDOW: i64 = STEP_WINDOW_MS;
+        let mut c = Checked::new(WINDOW).await;
+        let (key, limit) = (Uuid::now_v7(), 3);
+        c.ask(key, limit, 0).await;
+        assert_eq!(c.raw.pttl(key).await, -2, "a read creates no key");
 
-    c.ask(key, limit, 1).await;
-    let ttl = c.raw.pttl(key).await;
-    assert!(
-        (WINDOW - 100..=WINDOW).contains(&ttl),
-        "expires in {ttl} ms"
+        let (_, t0) = c.ask(key, limit, 1).await;
+        let (ttl, at) = c.raw.pttl_at(key).await;
+        c.inside(at, t0, "the first request")?;
+        assert_expires(ttl, at, t0 + WINDOW, WINDOW, "accepted once");
+        c.sleep_until(t0 + GAP_MS).await;
+        let (before, at) = c.raw.pttl_at(key).await;
+        c.inside(at, t0, "the first request")?;
+        assert_expires(before, at, t0 + WINDOW, WINDOW, "before the second");
+        let (_, t1) = c.ask(key, limit, 1).await;
+        let (after, at) = c.raw.pttl_at(key).await;
+        c.inside(at, t1, "the second request")?;
+        assert_expires(after, at, t1 + WINDOW, WINDOW, "renewed by the second");
+        assert!(
+            after > before,
+            "an acceptance renews the expiry: {before} ms before, {after} ms after"
+        );
+
+        // The first request has left, the second not: the key is still there.
+        c.sleep_until(t0 + WINDOW + MARGIN_MS).await;
+        let (got, now) = c.ask(key, limit, 0).await;
+        c.inside(now, t1, "the second request")?;
+        assert_eq!(got, room(2, 0));
+        let (len, at) = c.raw.len_at(key).await;
+        c.inside(at, t1, "the second request, counted")?;
+        assert_eq!(len, 1);
+
+        c.sleep_until(t1 + WINDOW + MARGIN_MS).await;
+        assert_eq!(c.raw.pttl(key).await, -2, "the key has expired");
+        assert_eq!(c.ask(key, limit, 0).await.0, room(3, 0));
+        Ok(())
+    }
+    run_unstalled(once).await;
+}
+
+/// A batch is one attempt at a call whose answer may be lost with its
+/// connection after the store carried it out: the same batch again (a
+/// retry) gets the first attempt's answer, which the store keeps for 10 s,
+/// and spends nothing; a new batch spends.
+#[tokio::test]
+async fn a_batch_retried_is_spent_once() {
+    let prefix = prefix();
+    let (store, raw) = (store(&prefix).await, Raw::connect(&prefix).await);
+    let (key, batch) = (Uuid::now_v7(), Uuid::now_v7());
+    let asked = [(key, 5, 3)];
+    let decide_batch = |batch: Uuid| {
+        let store = store.clone();
+        async move {
+            store
+                .decide_batch(batch, &asked, LONG_WINDOW_MS)
+                .await
+                .expect("the store decides")
+        }
+    };
+    let first = decide_batch(batch).await;
+    assert_eq!(first.keys, vec![room(5, 0)]);
+    assert_eq!(raw.len(key).await, 3);
+
+    // A moment later: an answer decided anew would carry a later clock.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        decide_batch(batch).await,
+        first,
+        "the retry is answered as the first attempt"
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let before = c.raw.pttl(key).await;
-    c.ask(key, limit, 1).await;
-    let after = c.raw.pttl(key).await;
+    assert_eq!(raw.len(key).await, 3, "the retry spent nothing");
+    let kept = raw.pttl_of(raw.batch_name(batch)).await;
     assert!(
-        before < WINDOW - 200 && (before + 100..=WINDOW).contains(&after),
-        "an acceptance renews the expiry: {before} ms before, {after} ms after"
+        (1..=10_000).contains(&kept),
+        "the answer is kept for {kept} ms, at most 10 s"
     );
 
-    // The first request has left, the second not: the key is still there.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(c.ask(key, limit, 0).await.0, room(2, 0));
-    assert_eq!(c.raw.len(key).await, 1);
-
-    tokio::time::sleep(Duration::from_millis(WINDOW as u64)).await;
-    assert_eq!(c.raw.pttl(key).await, -2, "the key has expired");
-    assert_eq!(c.ask(key, limit, 0).await.0, room(3, 0));
+    let other = decide_batch(Uuid::now_v7()).await;
+    assert_eq!(
+        other.keys,
+        vec![room(2, first.now_ms + LONG_WINDOW_MS - other.now_ms)],
+        "a new batch spends: 2 of its 3"
+    );
+    assert_eq!(raw.len(key).await, 5);
+    assert_eq!(
+        decide_batch(batch).await,
+        first,
+        "the first answer again, though the key has changed since"
+    );
+    assert_eq!(raw.len(key).await, 5, "the retry spent nothing");
 }
