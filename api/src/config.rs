@@ -169,7 +169,7 @@ impl Config {
         Ok(Self {
             database_url: database_url.into(),
             nats_url: nats_url.into(),
-            redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned()),
+            redis_url: redis_url_from_env(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: None,
             nats_prefix: Names::new(prefix)?,
@@ -259,6 +259,12 @@ fn parse_bool(value: &str) -> Result<bool, String> {
 
 /// Where the api looks for Redis unless `REDIS_URL` says otherwise.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// `REDIS_URL` from the environment, else [`DEFAULT_REDIS_URL`]: what the
+/// api would use, for tests and benchmarks that configure it in code.
+pub fn redis_url_from_env() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned())
+}
 
 /// The rate limit's window unless `JEANUS_RATE_LIMIT_WINDOW` says otherwise.
 pub const DEFAULT_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(60);

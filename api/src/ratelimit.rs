@@ -22,9 +22,10 @@
 //! The windows are not persisted (run Redis with `maxmemory-policy
 //! noeviction`, and without persistence if you like): after a Redis restart
 //! every window starts empty, which lets a key make at most one extra
-//! window's worth of requests, once. A batch whose answer is lost is retried
-//! once; should the lost attempt have been carried out, its requests count
-//! twice: more refusals, never more admissions.
+//! window's worth of requests, once. A batch whose connection failed is
+//! retried once, as the same batch: the store answers a repeat with its
+//! first answer, so a batch carried out whose answer was lost is not spent
+//! twice ([`Store::decide_keys`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -305,14 +306,7 @@ impl Store {
         window_ms: i64,
     ) -> Result<Decided, redis::RedisError> {
         let mut invocation = DECIDE.prepare_invoke();
-        let mut name = String::with_capacity(self.0.prefix.len() + 48);
-        let mut key = |kind: &str, id: Uuid| {
-            name.clear();
-            name.push_str(&self.0.prefix);
-            name.push_str(kind);
-            name.push_str(id.as_hyphenated().encode_lower(&mut Uuid::encode_buffer()));
-            name.clone()
-        };
+        let key = |kind: &str, id: Uuid| format!("{}{kind}{}", self.0.prefix, id.as_hyphenated());
         invocation.key(key("rate-batch:", batch));
         invocation
             .arg(window_ms)

@@ -35,8 +35,7 @@ impl TestEnv {
             .await
             .expect("NATS is reachable at NATS_URL");
         let js = jetstream::new(nats.clone());
-        let redis_url = std::env::var("REDIS_URL")
-            .unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned());
+        let redis_url = api::config::redis_url_from_env();
         let prefix = format!("t{}", Uuid::now_v7().simple());
         let names = Names::new(&prefix).expect("a valid prefix");
         Self {

@@ -140,15 +140,9 @@ impl Drop for Relay {
     }
 }
 
-/// The Redis URL the tests use (`REDIS_URL`, by default the machine's on
-/// 127.0.0.1:6379).
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned())
-}
-
 /// `host:port` of the Redis the tests use.
 pub fn redis_address() -> String {
-    let url = redis_url();
+    let url = api::config::redis_url_from_env();
     let info = redis::Client::open(url.as_str())
         .expect("REDIS_URL is a Redis URL")
         .get_connection_info()
@@ -163,7 +157,7 @@ pub fn redis_address() -> String {
 /// The tests' Redis URL with its address replaced by `relay`'s: the same
 /// password and database, through the relay.
 pub fn redis_url_through(relay: &Relay) -> String {
-    let url = redis_url();
+    let url = api::config::redis_url_from_env();
     let (scheme, rest) = url.split_once("://").expect("REDIS_URL has a scheme");
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);

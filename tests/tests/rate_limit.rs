@@ -40,6 +40,7 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use api::config::redis_url_from_env;
 use api::ratelimit::{Decided, KeyRoom, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -65,10 +66,6 @@ const MARGIN_MS: i64 = 800;
 /// machine fail it.
 const ATTEMPTS: u32 = 3;
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| api::config::DEFAULT_REDIS_URL.to_owned())
-}
-
 /// A prefix of the test's own: `t` and a fresh UUID.
 fn prefix() -> String {
     format!("t{}", Uuid::now_v7().simple())
@@ -76,7 +73,7 @@ fn prefix() -> String {
 
 /// A store of its own connection, as each api instance has.
 async fn store(prefix: &str) -> Store {
-    Store::connect(&redis_url(), prefix)
+    Store::connect(&redis_url_from_env(), prefix)
         .await
         .expect("Redis is up (REDIS_URL)")
 }
@@ -109,7 +106,7 @@ static TIMED: LazyLock<Script> = LazyLock::new(|| {
 
 impl Raw {
     async fn connect(prefix: &str) -> Self {
-        let conn = redis::Client::open(redis_url())
+        let conn = redis::Client::open(redis_url_from_env())
             .expect("a Redis URL")
             .get_multiplexed_async_connection()
             .await
