@@ -380,20 +380,44 @@ jeanus_pg_up() {
     jeanus_pg_ensure_database "$DATABASE_URL" DATABASE_URL
 }
 
+# --- project-local servers ----------------------------------------------------------------
+
+# Prints the port of a project-local server an earlier run started, if it still runs: the
+# process of <pidfile> alive, and `<ready> 127.0.0.1 <port of portfile>` succeeding.
+jeanus_local_running() {
+    local pidfile=$1 portfile=$2 ready=$3 pid port
+    [[ -f $pidfile && -f $portfile ]] || return 1
+    pid=$(<"$pidfile")
+    port=$(<"$portfile")
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && "$ready" 127.0.0.1 "$port" || return 1
+    printf '%s\n' "$port"
+}
+
+# Waits up to 10 s for `<ready> 127.0.0.1 <port>` to succeed.
+jeanus_local_wait() {
+    local ready=$1 port=$2 attempt
+    for ((attempt = 0; attempt < 100; attempt++)); do
+        "$ready" 127.0.0.1 "$port" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # --- NATS ---------------------------------------------------------------------------------
 
+# Whether a NATS server with JetStream answers on host port.
+jeanus_nats_ready() {
+    local info
+    info=$(jeanus_nats_info "$1" "$2") && jeanus_nats_has_jetstream "$info"
+}
+
 jeanus_nats_local() {
-    local dir=$JEANUS_DATA_DIR/nats port=${JEANUS_LOCAL_NATS_PORT:-42229} pid info attempt
+    local dir=$JEANUS_DATA_DIR/nats port=${JEANUS_LOCAL_NATS_PORT:-42229} running
     local pidfile=$JEANUS_DATA_DIR/nats.pid portfile=$JEANUS_DATA_DIR/nats.port
-    if [[ -f $pidfile && -f $portfile ]]; then
-        pid=$(<"$pidfile")
-        if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-            info=$(jeanus_nats_info 127.0.0.1 "$(<"$portfile")") && jeanus_nats_has_jetstream "$info"; then
-            port=$(<"$portfile")
-            NATS_URL=nats://127.0.0.1:$port
-            jeanus_say "NATS: reusing the project-local server on 127.0.0.1:$port ($dir)"
-            return 0
-        fi
+    if running=$(jeanus_local_running "$pidfile" "$portfile" jeanus_nats_ready); then
+        NATS_URL=nats://127.0.0.1:$running
+        jeanus_say "NATS: reusing the project-local server on 127.0.0.1:$running ($dir)"
+        return 0
     fi
     if ! jeanus_find_nats_server; then
         jeanus_apt_install nats-server || return 1
@@ -411,15 +435,11 @@ jeanus_nats_local() {
         setsid "$jeanus_nats_bin" -a 127.0.0.1 -p "$port" -js -sd "$dir" -P "$pidfile" &
     )
     printf '%s\n' "$port" >"$portfile"
-    for ((attempt = 0; attempt < 100; attempt++)); do
-        if info=$(jeanus_nats_info 127.0.0.1 "$port") && jeanus_nats_has_jetstream "$info"; then
-            NATS_URL=nats://127.0.0.1:$port
-            jeanus_say "NATS: started the project-local server on 127.0.0.1:$port ($dir)"
-            return 0
-        fi
-        sleep 0.1
-    done
-    jeanus_fail "the project-local nats-server did not start; see $JEANUS_DATA_DIR/nats.log"
+    jeanus_local_wait jeanus_nats_ready "$port" ||
+        jeanus_fail "the project-local nats-server did not start; see $JEANUS_DATA_DIR/nats.log" ||
+        return 1
+    NATS_URL=nats://127.0.0.1:$port
+    jeanus_say "NATS: started the project-local server on 127.0.0.1:$port ($dir)"
 }
 
 jeanus_nats_up() {
@@ -466,18 +486,18 @@ jeanus_redis_split_url() {
     jeanus_redis_database=${jeanus_redis_database%%[?#]*}
 }
 
+# Whether a Redis server without a password answers PING on host port.
+jeanus_redis_ready() {
+    jeanus_redis_ping "$1" "$2" && [[ $jeanus_redis_reply == +PONG ]]
+}
+
 jeanus_redis_local() {
-    local dir=$JEANUS_DATA_DIR/redis port=${JEANUS_LOCAL_REDIS_PORT:-63799} pid attempt
+    local dir=$JEANUS_DATA_DIR/redis port=${JEANUS_LOCAL_REDIS_PORT:-63799} running
     local pidfile=$JEANUS_DATA_DIR/redis/redis.pid portfile=$JEANUS_DATA_DIR/redis/redis.port
-    if [[ -f $pidfile && -f $portfile ]]; then
-        pid=$(<"$pidfile")
-        if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-            jeanus_redis_ping 127.0.0.1 "$(<"$portfile")" && [[ $jeanus_redis_reply == +PONG ]]; then
-            port=$(<"$portfile")
-            REDIS_URL=redis://127.0.0.1:$port
-            jeanus_say "Redis: reusing the project-local server on 127.0.0.1:$port ($dir)"
-            return 0
-        fi
+    if running=$(jeanus_local_running "$pidfile" "$portfile" jeanus_redis_ready); then
+        REDIS_URL=redis://127.0.0.1:$running
+        jeanus_say "Redis: reusing the project-local server on 127.0.0.1:$running ($dir)"
+        return 0
     fi
     if ! jeanus_find_redis_server; then
         jeanus_apt_install redis-server || return 1
@@ -502,15 +522,11 @@ jeanus_redis_local() {
                 </dev/null >>"$dir/redis.log" 2>&1
     ) || jeanus_fail "the project-local redis-server did not start; see $dir/redis.log" || return 1
     printf '%s\n' "$port" >"$portfile"
-    for ((attempt = 0; attempt < 100; attempt++)); do
-        if jeanus_redis_ping 127.0.0.1 "$port" && [[ $jeanus_redis_reply == +PONG ]]; then
-            REDIS_URL=redis://127.0.0.1:$port
-            jeanus_say "Redis: started the project-local server on 127.0.0.1:$port ($dir)"
-            return 0
-        fi
-        sleep 0.1
-    done
-    jeanus_fail "the project-local redis-server did not start; see $dir/redis.log"
+    jeanus_local_wait jeanus_redis_ready "$port" ||
+        jeanus_fail "the project-local redis-server did not start; see $dir/redis.log" ||
+        return 1
+    REDIS_URL=redis://127.0.0.1:$port
+    jeanus_say "Redis: started the project-local server on 127.0.0.1:$port ($dir)"
 }
 
 jeanus_redis_up() {
